@@ -1,0 +1,46 @@
+"""All sharding rules: one device mesh, data and populations split along its leading `data` axis."""
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = 'data'
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D mesh over the first `num_devices` devices (all by default), with an Auto-typed data axis."""
+  available = jax.device_count()
+  num_devices = available if num_devices is None else num_devices
+  if not 1 <= num_devices <= available:
+    raise ValueError(f'num_devices must lie in [1, {available}], got {num_devices}.')
+  return jax.make_mesh(
+    (num_devices,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:num_devices]
+  )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def leading_axis(mesh: Mesh) -> NamedSharding:
+  """Splits an array's first axis across the data axis; other axes stay whole."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_divisible(mesh: Mesh, size: int, what: str) -> None:
+  num_shards = mesh.shape[DATA_AXIS]
+  if size % num_shards:
+    raise ValueError(f'{what}={size} must be divisible by the {num_shards} devices of the mesh data axis.')
+
+
+def shard_leading(mesh: Mesh, tree):
+  """Places every array leaf with its leading axis split across devices (sizes must divide)."""
+
+  def place(leaf):
+    leaf = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
+    if leaf.ndim == 0:
+      return jax.device_put(leaf, replicated(mesh))
+    check_divisible(mesh, leaf.shape[0], 'leading dimension')
+    return jax.device_put(leaf, leading_axis(mesh))
+
+  return jax.tree.map(place, tree)
