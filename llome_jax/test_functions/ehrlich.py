@@ -149,11 +149,20 @@ def _check_dim(params: EhrlichParams, dim: int) -> None:
     )
 
 
+def _widen_for(params: EhrlichParams, x: Array) -> Array:
+  """Narrow token dtypes (int8 populations) are kept unless they cannot represent v itself."""
+  if jnp.iinfo(x.dtype).max < params.num_states:
+    return x.astype(jnp.int32)
+  return x
+
+
 def is_feasible(params: EhrlichParams, x: Int[Array, '... L']) -> jax.Array:
   """True where every token is in [0, v) and no adjacent pair is a banned transition."""
   num_states = params.num_states
+  x = _widen_for(params, x)
   in_range = jnp.all((x >= 0) & (x < num_states), axis=-1)
-  x_safe = jnp.clip(x, 0, num_states - 1)
+  # The flat pair index reaches v^2: compute it in int32 whatever the token dtype (int8 would wrap).
+  x_safe = jnp.clip(x, 0, num_states - 1).astype(jnp.int32)
   allowed_flat = (params.transition_matrix > 0).reshape(-1)
   pair_ok = allowed_flat[x_safe[..., :-1] * num_states + x_safe[..., 1:]]
   return in_range & jnp.all(pair_ok, axis=-1)
@@ -197,6 +206,7 @@ def evaluate(params: EhrlichParams, x: Int[Array, '... L']) -> Float[Array, '...
   if not jnp.issubdtype(x.dtype, jnp.integer):
     raise TypeError(f'Ehrlich inputs must be integer tokens, got dtype {x.dtype}.')
   _check_dim(params, x.shape[-1])
+  x = _widen_for(params, x)
   contributions = response(params, motif_presence(params, x))
   value = contributions[..., 0]
   for i in range(1, params.num_motifs):  # Sequential, as torch's prod over a stacked dim 0.

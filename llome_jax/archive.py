@@ -1,0 +1,85 @@
+"""Fixed-capacity archive of the unique sequences an optimiser evaluated, with their values.
+
+The GA fills it; the LLOME loop reads it as round-0 seed data. Static shapes throughout: storage of
+`capacity` rows plus a count. Sequences are deduplicated by a 64-bit polynomial hash (two 32-bit
+lanes), so two distinct sequences are merged with probability ~n^2 / 2^65 (below 1e-9 for n = 1e5).
+"""
+
+import flax.struct
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)  # Odd constants (golden-ratio and xxHash primes).
+_TAG_STORED, _TAG_NEW, _TAG_EMPTY = 0, 1, 2
+
+
+@flax.struct.dataclass
+class Archive:
+  sequences_CxL: Int[Array, 'C L']
+  values_C: Float[Array, ' C']
+  hashes_Cx2: Array  # uint32 lanes of each stored row's hash.
+  count: Array  # int32 scalar: rows in use.
+  num_dropped: Array  # int32 scalar: new unique rows that arrived when the archive was full.
+
+  @property
+  def capacity(self) -> int:
+    return self.values_C.shape[0]
+
+
+def init(capacity: int, length: int, dtype=jnp.int32) -> Archive:
+  return Archive(
+    sequences_CxL=jnp.zeros((capacity, length), dtype),
+    values_C=jnp.full((capacity,), -jnp.inf, jnp.float32),
+    hashes_Cx2=jnp.zeros((capacity, 2), jnp.uint32),
+    count=jnp.zeros((), jnp.int32),
+    num_dropped=jnp.zeros((), jnp.int32),
+  )
+
+
+def sequence_hash(x_BxL: Int[Array, 'B L']) -> Array:
+  """Two independent 32-bit polynomial hashes of each row, uint32 [B, 2]."""
+  length = x_BxL.shape[-1]
+  lanes = []
+  for multiplier in _MULTIPLIERS:
+    powers_L = np.ones(length, np.uint64)
+    for i in range(1, length):
+      powers_L[i] = (int(powers_L[i - 1]) * multiplier) % 2**32
+    terms_BxL = (x_BxL.astype(jnp.uint32) + jnp.uint32(1)) * jnp.asarray(powers_L.astype(np.uint32))
+    lanes.append(jnp.sum(terms_BxL, axis=-1, dtype=jnp.uint32))
+  return jnp.stack(lanes, axis=-1)
+
+
+def add(archive: Archive, x_BxL: Int[Array, 'B L'], values_B: Float[Array, ' B']) -> Archive:
+  """Stores the rows of `x_BxL` not seen before (first occurrence in the batch wins), in batch order."""
+  capacity, batch = archive.capacity, x_BxL.shape[0]
+  hashes_Bx2 = sequence_hash(x_BxL)
+  stored_C = jnp.arange(capacity) < archive.count
+  tags = jnp.concatenate([jnp.where(stored_C, _TAG_STORED, _TAG_EMPTY), jnp.full((batch,), _TAG_NEW)])
+  all_hashes_Xx2 = jnp.concatenate([archive.hashes_Cx2, hashes_Bx2])
+  # Sort by (hash, tag, index): a new row is unseen iff the entry sorted just before it differs in hash
+  # (stored rows sort first, empty slots last, earlier batch rows before later ones).
+  order_X = jnp.lexsort((jnp.arange(capacity + batch), tags, all_hashes_Xx2[:, 1], all_hashes_Xx2[:, 0]))
+  sorted_Xx2 = all_hashes_Xx2[order_X]
+  differs_X = jnp.concatenate([jnp.ones(1, bool), jnp.any(sorted_Xx2[1:] != sorted_Xx2[:-1], axis=-1)])
+  unseen_X = jnp.zeros(capacity + batch, bool).at[order_X].set(differs_X)
+  is_new_B = unseen_X[capacity:]
+  slot_B = archive.count + jnp.cumsum(is_new_B) - 1
+  slot_B = jnp.where(is_new_B & (slot_B < capacity), slot_B, capacity)  # `capacity` is dropped.
+  num_new = jnp.sum(is_new_B, dtype=jnp.int32)
+  num_kept = jnp.minimum(num_new, capacity - archive.count)
+  return Archive(
+    sequences_CxL=archive.sequences_CxL.at[slot_B].set(
+      x_BxL.astype(archive.sequences_CxL.dtype), mode='drop'
+    ),
+    values_C=archive.values_C.at[slot_B].set(values_B.astype(jnp.float32), mode='drop'),
+    hashes_Cx2=archive.hashes_Cx2.at[slot_B].set(hashes_Bx2, mode='drop'),
+    count=archive.count + num_kept,
+    num_dropped=archive.num_dropped + num_new - num_kept,
+  )
+
+
+def contents(archive: Archive) -> tuple[np.ndarray, np.ndarray]:
+  """Host copy of the stored rows and values (drops the unused capacity)."""
+  count = int(archive.count)
+  return np.asarray(archive.sequences_CxL[:count]), np.asarray(archive.values_C[:count])
