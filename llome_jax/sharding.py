@@ -44,3 +44,9 @@ def shard_leading(mesh: Mesh, tree):
     return jax.device_put(leaf, leading_axis(mesh))
 
   return jax.tree.map(place, tree)
+
+
+def ga_state_shardings(mesh: Mesh, state):
+  """GA state: the population is split along the data axis; incumbent, counters and archive replicated."""
+  shardings = jax.tree.map(lambda _: replicated(mesh), state)
+  return shardings.replace(particles_PxL=leading_axis(mesh))

@@ -1,0 +1,66 @@
+"""Experiment outputs: metrics as JSON lines, files written atomically, a regret-vs-evaluations plot."""
+
+import json
+import math
+import os
+import pathlib
+from collections.abc import Iterable, Mapping
+
+
+def _plain(value):
+  value = value.item() if hasattr(value, 'item') else value
+  if isinstance(value, float) and not math.isfinite(value):
+    return None  # JSON has no inf/nan; readers see null.
+  return value
+
+
+def plain_row(row: Mapping) -> dict:
+  """Python scalars for a row of NumPy/JAX scalars (inf and nan become None)."""
+  return {key: _plain(value) for key, value in row.items()}
+
+
+def append_jsonl(path: pathlib.Path, rows: Iterable[Mapping]) -> None:
+  """Appends one JSON object per row and flushes, so a killed run keeps every finished row."""
+  with open(path, 'a') as f:
+    for row in rows:
+      f.write(json.dumps(plain_row(row)) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+  """Writes via a temporary file and rename, so an existing file is never left half-written."""
+  text = json.dumps(obj, indent=2, sort_keys=True)  # Fails before anything is written.
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def plot_regret(rows: list[dict], path: pathlib.Path, *, title: str) -> None:
+  """Best-so-far simple regret against cumulative oracle calls (log-x), as the LLOME paper plots it."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+
+  evaluations = [row['num_evaluations'] for row in rows]
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  ax.plot(evaluations, [row['simple_regret_best'] for row in rows], label='best so far')
+  ax.plot(evaluations, [row['simple_regret_last'] for row in rows], alpha=0.5, label='this generation')
+  ax.set_xscale('log')
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_xlabel('oracle calls')
+  ax.set_ylabel('simple regret')
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  tmp = path.with_name('tmp_' + path.name)
+  fig.savefig(tmp)
+  plt.close(fig)
+  os.replace(tmp, path)
