@@ -1,0 +1,105 @@
+"""End-to-end tests of the GA experiment binary's `run_experiment`."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import ga_baseline
+from experiments.configs import ga_ehrlich
+from llome_jax import metrics_io
+from llome_jax.test_functions import ehrlich, instances
+
+
+def _small_config(**ga_overrides):
+  config = ga_ehrlich.get_config()
+  config.ga.num_particles = 200
+  config.ga.num_steps = 4
+  config.log_every = 3  # Chunks of 3 + 1 generations.
+  config.ga.update(ga_overrides)
+  return config
+
+
+def test_writes_every_output(tmp_path):
+  summary = ga_baseline.run_experiment(_small_config(), str(tmp_path))
+  rows = metrics_io.read_jsonl(tmp_path / 'metrics.jsonl')
+  assert [row['step'] for row in rows] == [0, 1, 2, 3]
+  assert [row['num_evaluations'] for row in rows] == [200, 400, 600, 800]
+  assert {'simple_regret_best', 'simple_regret_last', 'cumulative_regret', 'frac_particles_feasible'} <= set(
+    rows[0]
+  )
+  regrets = [row['simple_regret_best'] for row in rows]
+  assert regrets == sorted(regrets, reverse=True)  # Best-so-far never gets worse.
+  np.testing.assert_allclose(rows[-1]['cumulative_regret'], sum(regrets), rtol=1e-6)
+  assert json.loads((tmp_path / 'config.json').read_text())['ga']['num_particles'] == 200
+  best = json.loads((tmp_path / 'best.json').read_text())
+  assert best == summary
+  f2 = instances.load_instance('f2')
+  assert float(ehrlich.evaluate(f2.params, np.asarray(best['best_solution']))) == best['best_value']
+  assert best['simple_regret_best'] == pytest.approx(1 - best['best_value'])
+  seed = np.load(tmp_path / 'seed_data.npz')
+  assert len(seed['values']) == best['archive_size'] > 1
+  np.testing.assert_array_equal(np.asarray(ehrlich.evaluate(f2.params, seed['sequences'])), seed['values'])
+  assert (tmp_path / 'regret.png').stat().st_size > 1000
+
+
+def test_one_device_run_equals_eight_device_run(tmp_path):
+  results = []
+  for num_devices in (1, 8):
+    config = _small_config()
+    config.num_devices = num_devices
+    ga_baseline.run_experiment(config, str(tmp_path / str(num_devices)))
+    results.append((tmp_path / str(num_devices) / 'metrics.jsonl').read_text())
+  assert results[0] == results[1]
+
+
+def test_budget_and_sampled_instance(tmp_path):
+  config = _small_config(max_evaluations=500, num_steps=100)
+  config.test_function.name = ''
+  config.test_function.update(num_states=8, dim=24, num_motifs=2, motif_length=3, quantization=3, seed=3)
+  summary = ga_baseline.run_experiment(config, str(tmp_path))
+  assert summary['num_evaluations'] == 400  # Two whole generations fit in 500.
+
+
+def test_rejects_bad_configs_without_touching_a_previous_run(tmp_path):
+  ga_baseline.run_experiment(_small_config(), str(tmp_path))
+  before = (tmp_path / 'metrics.jsonl').read_text()
+  with pytest.raises(FileExistsError, match='already holds a run'):
+    ga_baseline.run_experiment(_small_config(), str(tmp_path))
+  config = _small_config()
+  config.ga.num_partcles = 10  # A typo in a key.
+  with pytest.raises(ValueError, match='num_partcles'):
+    ga_baseline.run_experiment(config, str(tmp_path / 'typo'))
+  impossible = _small_config()
+  impossible.test_function.name = ''
+  impossible.test_function.update(num_states=8, dim=10, num_motifs=4, motif_length=4)
+  with pytest.raises(ValueError, match='cannot all fit'):
+    ga_baseline.run_experiment(impossible, str(tmp_path / 'impossible'))
+  with pytest.raises(ValueError, match='unknown Ehrlich instance'):
+    bad_name = _small_config()
+    bad_name.test_function.name = 'f99'
+    ga_baseline.run_experiment(bad_name, str(tmp_path / 'bad_name'))
+  with pytest.raises(ValueError, match='divisible'):
+    uneven = _small_config(num_particles=201)
+    ga_baseline.run_experiment(uneven, str(tmp_path / 'uneven'))
+  assert (tmp_path / 'metrics.jsonl').read_text() == before
+  assert not (tmp_path / 'typo' / 'metrics.jsonl').exists()
+
+
+@pytest.mark.slow
+def test_holo_unit_test_setting_reaches_zero_regret(tmp_path):
+  config = ga_ehrlich.get_config()
+  config.test_function.name = ''
+  config.test_function.update(num_states=32, dim=128, num_motifs=1, motif_length=4, quantization=4, seed=0)
+  config.ga.update(
+    num_particles=4096,
+    mutation_prob=1 / 128,
+    recombine_prob=1 / 128,
+    survival_quantile=0.01,
+    num_steps=256,
+    archive_capacity=0,
+  )
+  config.log_every = 32
+  summary = ga_baseline.run_experiment(config, str(tmp_path))
+  assert summary['simple_regret_best'] == 0.0 and summary['best_value'] == 1.0
+  assert summary['num_evaluations'] < 4096 * 256  # Stopped early, as holo's benchmark does.
