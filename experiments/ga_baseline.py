@@ -24,6 +24,9 @@ from llome_jax.test_functions import ehrlich, instances
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the outputs (must not hold a finished run).')
+_DISTRIBUTED = flags.DEFINE_bool(
+  'distributed', False, 'Multi-host: call jax.distributed.initialize() first (run on every host).'
+)
 _DEFAULT_ARCHIVE_LIMIT = 100_000
 
 
@@ -173,7 +176,12 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  run_experiment(_CONFIG.value, _WORKDIR.value)
+  workdir = _WORKDIR.value
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()  # Coordinator and process ids from the environment (TPU pods, SLURM).
+    if jax.process_index() > 0:  # Every host computes the same run; each writes to its own directory.
+      workdir = str(pathlib.Path(workdir) / f'process_{jax.process_index()}')
+  run_experiment(_CONFIG.value, workdir)
 
 
 if __name__ == '__main__':
