@@ -1,8 +1,9 @@
 """Fixed-capacity archive of the unique sequences an optimiser evaluated, with their values.
 
 The GA fills it; the LLOME loop reads it as round-0 seed data. Static shapes throughout: storage of
-`capacity` rows plus a count. Sequences are deduplicated by a 64-bit polynomial hash (two 32-bit
-lanes), so two distinct sequences are merged with probability ~n^2 / 2^65 (below 1e-9 for n = 1e5).
+`capacity` rows plus a count. Sequences are deduplicated by a 64-bit hash (two 32-bit lanes of
+mixed position-keyed terms), so two distinct sequences are merged with probability ~n^2 / 2^65
+(below 1e-9 for n = 1e5).
 """
 
 import flax.struct
@@ -37,16 +38,27 @@ def init(capacity: int, length: int, dtype=jnp.int32) -> Archive:
   )
 
 
+def _mix32(h):
+  """A bijective 32-bit finaliser (lowbias32 constants): every input bit affects every output bit."""
+  h = (h ^ (h >> 16)) * jnp.uint32(0x7FEB352D)
+  h = (h ^ (h >> 15)) * jnp.uint32(0x846CA68B)
+  return h ^ (h >> 16)
+
+
 def sequence_hash(x_BxL: Int[Array, 'B L']) -> Array:
-  """Two independent 32-bit polynomial hashes of each row, uint32 [B, 2]."""
+  """Two independent 32-bit hashes of each row, uint32 [B, 2].
+
+  Each lane sums mix(token * m + position * m' + lane) over positions. The non-linear mix matters: a
+  plain polynomial hash mod 2^32 is linear in the tokens, and swapping two tokens along a Thue-Morse
+  pattern (length >= 128) collides in every such lane.
+  """
   length = x_BxL.shape[-1]
+  tokens_BxL = x_BxL.astype(jnp.uint32)
+  positions_L = jnp.arange(length, dtype=jnp.uint32)
   lanes = []
-  for multiplier in _MULTIPLIERS:
-    powers_L = np.ones(length, np.uint64)
-    for i in range(1, length):
-      powers_L[i] = (int(powers_L[i - 1]) * multiplier) % 2**32
-    terms_BxL = (x_BxL.astype(jnp.uint32) + jnp.uint32(1)) * jnp.asarray(powers_L.astype(np.uint32))
-    lanes.append(jnp.sum(terms_BxL, axis=-1, dtype=jnp.uint32))
+  for lane, multiplier in enumerate(_MULTIPLIERS):
+    keyed_BxL = tokens_BxL * jnp.uint32(multiplier) + positions_L * jnp.uint32(0x27D4EB2F) + jnp.uint32(lane)
+    lanes.append(jnp.sum(_mix32(_mix32(keyed_BxL)), axis=-1, dtype=jnp.uint32))
   return jnp.stack(lanes, axis=-1)
 
 

@@ -34,16 +34,19 @@ def is_sparse(prob: float) -> bool:
 def success_positions(key: PRNGKeyArray, prob: float, size: int) -> Int[Array, ' C']:
   """Sorted flat indices of the successes of `size` Bernoulli(prob) trials, padded with `size`.
 
-  Gap g = floor(log(u) / log(1 - p)) + 1 with u ~ U(0, 1] is Geometric(p); float32 u limits gaps to
-  < 16.7 / p, a tail of probability e^-16.7 (~6e-8) per gap that is folded into shorter gaps.
+  Gap g = floor(E / -log(1 - p)) + 1 with E ~ Exp(1) is Geometric(p). E = -log1p(-u) with u built from
+  32 random bits, so E is resolved to ~2^-32 where gaps are decided (small E) even for p ~ 1e-7; u
+  rounds to 1 with probability ~2^-25, which ends the field early (no further successes).
   """
   if size >= 2**30:
     raise ValueError(f'sparse Bernoulli fields need size < 2**30, got {size}.')
   capacity = sparse_capacity(prob, size)
-  u = 1.0 - jax.random.uniform(key, (capacity,))
-  gaps = jnp.floor(jnp.log(u) / jnp.log1p(-prob)) + 1.0
-  gaps = jnp.minimum(gaps, size + 1).astype(jnp.int32)
-  # Saturating prefix sum: gaps <= size + 1 and partial sums are capped at size, so no int32 overflow.
+  bits = jax.random.bits(key, (capacity,), jnp.uint32)
+  u = (bits.astype(jnp.float32) + 0.5) * jnp.float32(2.0**-32)
+  gaps = jnp.floor(-jnp.log1p(-u) / -jnp.log1p(-jnp.float32(prob))) + 1.0
+  # Cap in float first (inf and huge gaps), then exactly in int32: float32 cannot hold size + 1 > 2^24.
+  gaps = jnp.minimum(jnp.minimum(gaps, 2.0**30).astype(jnp.int32), size + 1)
+  # Saturating prefix sum: gaps <= size + 1 and partial sums are capped at size + 1, so no int32 overflow.
   ends = jax.lax.associative_scan(lambda a, b: jnp.minimum(a + b, size + 1), gaps)
   return jnp.minimum(ends - 1, size)
 
