@@ -3,6 +3,8 @@
 Follows pytorch-holo's `sample_sparse_ergodic_transition_matrix`, `dmp_stationary_dist` and `sample_dmp`.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +68,7 @@ def stationary_distribution(transition_matrix: Float[Array, 'V V']) -> Float[Arr
   return pi / pi.sum()
 
 
+@functools.partial(jax.jit, static_argnames=('num_steps', 'num_samples'))
 def sample_paths(
   key: PRNGKeyArray,
   initial_probs: Float[Array, ' V'],
