@@ -46,6 +46,16 @@ def shard_leading(mesh: Mesh, tree):
   return jax.tree.map(place, tree)
 
 
+def per_shard(mesh: Mesh, batch_fn):
+  """Runs a per-row batch function on each device's own rows (shard_map over the data axis).
+
+  Row-independent work such as evaluating a population then needs no communication, and a function
+  that loops over chunks of its batch (Ehrlich evaluation) loops over local rows only.
+  """
+  spec = PartitionSpec(DATA_AXIS)
+  return jax.shard_map(batch_fn, mesh=mesh, in_specs=spec, out_specs=spec)
+
+
 def ga_state_shardings(mesh: Mesh, state):
   """GA state: the population is split along the data axis; incumbent, counters and archive replicated."""
   shardings = jax.tree.map(lambda _: replicated(mesh), state)
