@@ -105,7 +105,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return ga.run(
       key,
       state,
-      objective=functools.partial(ehrlich.evaluate, params),
+      objective=sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, params)),
       cfg=cfg,
       num_steps=length,
       stop_at_optimum=config.ga.stop_at_optimum,
