@@ -197,9 +197,9 @@ def test_reaches_the_optimum_in_holos_unit_test_setting():
   np.testing.assert_array_equal(np.diff(np.asarray(metrics['num_evaluations']))[active[1:]], 4096)
 
 
-def _f2_run(mesh, num_steps=5, cfg=None):
-  instance = instances.load_instance('f2')
-  cfg = cfg or ga.GAConfig(
+def _f2_cfg():
+  """The LLOME paper's GA seed-data setting on f2 (recombination at holo's 1.1 / L)."""
+  return ga.GAConfig(
     num_particles=1000,
     num_states=32,
     mutation_prob=0.005,
@@ -207,12 +207,16 @@ def _f2_run(mesh, num_steps=5, cfg=None):
     survival_quantile=0.1,
     archive_capacity=4096,
   )
+
+
+def _f2_run(mesh, num_steps=5):
+  instance = instances.load_instance('f2')
+  cfg = _f2_cfg()
   state = ga.init(instance.initial_solution, cfg=cfg)
   shardings = sharding.ga_state_shardings(mesh, state)
+  objective = sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, instance.params))
   run = jax.jit(
-    functools.partial(
-      ga.run, objective=functools.partial(ehrlich.evaluate, instance.params), cfg=cfg, num_steps=num_steps
-    ),
+    functools.partial(ga.run, objective=objective, cfg=cfg, num_steps=num_steps),
     out_shardings=(shardings, None),
   )
   return run(jax.random.key(7), jax.device_put(state, shardings))
@@ -232,14 +236,7 @@ def test_chunked_runs_equal_one_run():
   mesh = sharding.make_mesh(1)
   whole_state, whole_metrics = _f2_run(mesh, num_steps=4)
   instance = instances.load_instance('f2')
-  cfg = ga.GAConfig(
-    num_particles=1000,
-    num_states=32,
-    mutation_prob=0.005,
-    recombine_prob=1.1 / 32,
-    survival_quantile=0.1,
-    archive_capacity=4096,
-  )
+  cfg = _f2_cfg()
   run = jax.jit(
     functools.partial(
       ga.run, objective=functools.partial(ehrlich.evaluate, instance.params), cfg=cfg, num_steps=2
