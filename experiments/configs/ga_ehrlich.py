@@ -3,9 +3,10 @@
 Run:
   python -m experiments.ga_baseline --config=experiments/configs/ga_ehrlich.py --workdir=/tmp/ga_f2
 
-Expected: 10 generations of 1,000 particles = 10,000 oracle calls in a few seconds on a laptop CPU;
-best regret falls from 0.95 (the initial solution scores 0.046875) to around 0.5-0.7; the paper
-reports that the GA stays at regret >= 0.25 even after 200,000 calls on f2.
+Expected: 10 generations of 1,000 particles = 10,000 oracle calls in about 3 s on a 2-core CPU (most
+of it compilation); best regret falls from 0.953 (the initial solution scores 0.046875) to 0.906 with
+seed 0, and about 1,000 unique sequences land in seed_data.npz. The paper reports that on f2 the GA
+stays at regret >= 0.25 even after 200,000 calls.
 
 holo's unit-test setting (reaches regret 0 within 256 generations):
   --config.test_function.name= --config.test_function.num_states=32 --config.test_function.dim=128
