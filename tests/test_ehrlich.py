@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llome_jax.test_functions import dmp, ehrlich
+from llome_jax.test_functions import dmp, ehrlich, ehrlich_kernels
 
 NUM_HOLO_CASES = 12
 INT32_MAX = int(np.iinfo(np.int32).max)
@@ -618,7 +618,7 @@ def test_chunked_evaluation_equals_one_chunk(holo_cases, monkeypatch, chunk_rows
     epistasis_factor=case['epistasis_factor'],
   )
   x_BxL = np.asarray(case['sequences'])
-  monkeypatch.setattr(ehrlich, '_CPU_CHUNK_ROWS', chunk_rows)
+  monkeypatch.setattr(ehrlich_kernels, 'CPU_CHUNK_ROWS', chunk_rows)
   chunked = np.asarray(jax.jit(ehrlich.evaluate)(params, x_BxL))
   np.testing.assert_array_equal(chunked, np.asarray(case['values'], np.float32))
   np.testing.assert_array_equal(np.asarray(jax.jit(ehrlich.is_feasible)(params, x_BxL)), np.isfinite(chunked))
