@@ -120,6 +120,11 @@ def _next_generation(key: PRNGKeyArray, particles_PxL, losses_P, *, cfg: GAConfi
   return next_flat.reshape(num_particles, length)
 
 
+def _regret(cfg: GAConfig, value: Array) -> Array:
+  """Simple regret of a value; an infeasible value (-inf) counts as f = 0, so regret 1."""
+  return cfg.optimal_value - jnp.maximum(value, 0.0)
+
+
 def tell(
   key: PRNGKeyArray, state: GAState, values_P: Float[Array, ' P'], *, cfg: GAConfig
 ) -> tuple[GAState, dict[str, Array]]:
@@ -133,7 +138,7 @@ def tell(
   best_index = jnp.argmax(values_P)  # First maximiser, as holo's argmin of the loss.
   improved = values_P[best_index] > state.best_value
   best_value = jnp.where(improved, values_P[best_index], state.best_value)
-  regret_best = cfg.optimal_value - jnp.maximum(best_value, 0.0)
+  regret_best = _regret(cfg, best_value)
   cumulative_regret = state.cumulative_regret + regret_best
   new_state = GAState(
     particles_PxL=_next_generation(key, particles_PxL, -values_P, cfg=cfg),
@@ -150,7 +155,7 @@ def tell(
     'step': state.step,
     'num_evaluations': new_state.num_evaluations,
     'simple_regret_best': regret_best,
-    'simple_regret_last': cfg.optimal_value - jnp.maximum(values_P[best_index], 0.0),
+    'simple_regret_last': _regret(cfg, values_P[best_index]),
     'cumulative_regret': cumulative_regret,
     'frac_particles_feasible': jnp.sum(values_P > -jnp.inf, dtype=jnp.int32) / cfg.num_particles,
   }
@@ -179,7 +184,7 @@ def run(
       return new_state, metrics | {'active': jnp.array(True)}
 
     def frozen(state):
-      regret = cfg.optimal_value - jnp.maximum(state.best_value, 0.0)
+      regret = _regret(cfg, state.best_value)
       return state, {
         'step': state.step - 1,
         'num_evaluations': state.num_evaluations,

@@ -1,7 +1,6 @@
 """All sharding rules: one device mesh, data and populations split along its leading `data` axis."""
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = 'data'
@@ -31,19 +30,6 @@ def check_divisible(mesh: Mesh, size: int, what: str) -> None:
   num_shards = mesh.shape[DATA_AXIS]
   if size % num_shards:
     raise ValueError(f'{what}={size} must be divisible by the {num_shards} devices of the mesh data axis.')
-
-
-def shard_leading(mesh: Mesh, tree):
-  """Places every array leaf with its leading axis split across devices (sizes must divide)."""
-
-  def place(leaf):
-    leaf = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
-    if leaf.ndim == 0:
-      return jax.device_put(leaf, replicated(mesh))
-    check_divisible(mesh, leaf.shape[0], 'leading dimension')
-    return jax.device_put(leaf, leading_axis(mesh))
-
-  return jax.tree.map(place, tree)
 
 
 def per_shard(mesh: Mesh, batch_fn):
