@@ -1,0 +1,274 @@
+"""The policy: a decoder-only GPT-NeoX / Pythia transformer in Flax NNX, holding parameters only.
+
+Rotary embeddings on a fraction of each head, attention and MLP in parallel on the residual stream,
+LayerNorm, untied input and output embeddings: Pythia's layout, so its checkpoints can be imported.
+"""
+
+import dataclasses
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static architecture. `dtype` is the compute dtype; parameters are always float32."""
+
+  vocab_size: int
+  num_layers: int
+  num_heads: int
+  width: int
+  ff_width: int
+  max_len: int
+  rotary_fraction: float = 0.25
+  rotary_base: float = 10000.0
+  layer_norm_eps: float = 1e-5
+  init_std: float = 0.02
+  dtype: str = 'float32'
+
+  def __post_init__(self):
+    for name in ('vocab_size', 'num_layers', 'num_heads', 'width', 'ff_width', 'max_len'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'ModelConfig.{name} must be positive, got {getattr(self, name)}.')
+    if self.width % self.num_heads:
+      raise ValueError(f'width={self.width} must be divisible by num_heads={self.num_heads}.')
+    if self.rotary_dims % 2 or not 0.0 <= self.rotary_fraction <= 1.0:
+      raise ValueError(
+        f'rotary_fraction={self.rotary_fraction} must lie in [0, 1] and give an even number of '
+        f'rotary dims per head (head width {self.head_width} gives {self.rotary_dims}).'
+      )
+    if self.dtype not in ('float32', 'bfloat16', 'float16'):
+      raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}.")
+
+  @property
+  def head_width(self) -> int:
+    return self.width // self.num_heads
+
+  @property
+  def rotary_dims(self) -> int:
+    return int(self.head_width * self.rotary_fraction)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+# Pythia shapes (EleutherAI/pythia-*): width, layers, heads, feed-forward width. Vocabulary 50,304.
+_PYTHIA = {
+  'pythia-14m': (128, 6, 4, 512),
+  'pythia-31m': (256, 6, 8, 1024),
+  'pythia-70m': (512, 6, 8, 2048),
+  'pythia-160m': (768, 12, 12, 3072),
+  'pythia-410m': (1024, 24, 16, 4096),
+  'pythia-1b': (2048, 16, 8, 8192),
+  'pythia-1.4b': (2048, 24, 16, 8192),
+  'pythia-2.8b': (2560, 32, 32, 10240),
+}
+PRESETS = {
+  'tiny': dict(width=32, num_layers=2, num_heads=2, ff_width=128, max_len=128),
+  'small': dict(width=256, num_layers=4, num_heads=4, ff_width=1024, max_len=256),
+  **{
+    name: dict(width=d, num_layers=n, num_heads=h, ff_width=f, max_len=2048, vocab_size=50304)
+    for name, (d, n, h, f) in _PYTHIA.items()
+  },
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+  """A named architecture; `overrides` (typically `vocab_size` from the codec) replace its fields."""
+  if name not in PRESETS:
+    raise ValueError(f'Unknown model preset {name!r}; known: {sorted(PRESETS)}.')
+  return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer for S cache slots, which slots hold real tokens, and the next slot."""
+
+  keys_NxBxSxHxE: Array
+  values_NxBxSxHxE: Array
+  valid_BxS: Bool[Array, 'B S']
+  index: Int[Array, '']
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, num_slots: int) -> KVCache:
+  shape = (cfg.num_layers, batch_size, num_slots, cfg.num_heads, cfg.head_width)
+  return KVCache(
+    keys_NxBxSxHxE=jnp.zeros(shape, cfg.compute_dtype),
+    values_NxBxSxHxE=jnp.zeros(shape, cfg.compute_dtype),
+    valid_BxS=jnp.zeros((batch_size, num_slots), bool),
+    index=jnp.zeros((), jnp.int32),
+  )
+
+
+def _rotate(x_BxTxHxE: Array, positions_BxT: Int[Array, 'B T'], cfg: ModelConfig) -> Array:
+  """NeoX rotary embedding on the first `rotary_dims` of each head (halves rotated, not interleaved)."""
+  r = cfg.rotary_dims
+  if r == 0:
+    return x_BxTxHxE
+  inv_freq = 1.0 / cfg.rotary_base ** (jnp.arange(0, r, 2, dtype=jnp.float32) / r)
+  angles_BxTxR = positions_BxT[..., None].astype(jnp.float32) * jnp.concatenate([inv_freq, inv_freq])
+  cos, sin = jnp.cos(angles_BxTxR)[:, :, None], jnp.sin(angles_BxTxR)[:, :, None]
+  rot, rest = x_BxTxHxE[..., :r].astype(jnp.float32), x_BxTxHxE[..., r:]
+  half = r // 2
+  rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+  return jnp.concatenate([(rot * cos + rotated * sin).astype(x_BxTxHxE.dtype), rest], axis=-1)
+
+
+def _dense(din: int, dout: int, cfg: ModelConfig, rngs: nnx.Rngs, *, std: float, bias: bool = True):
+  return nnx.Linear(
+    din,
+    dout,
+    use_bias=bias,
+    dtype=cfg.compute_dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nnx.initializers.normal(std),
+    rngs=rngs,
+  )
+
+
+def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # Statistics in float32 whatever the compute dtype: bf16 variance of wide activations is too coarse.
+  return nnx.LayerNorm(cfg.width, epsilon=cfg.layer_norm_eps, dtype=jnp.float32, rngs=rngs)
+
+
+class Block(nnx.Module):
+  """x + attention(ln1(x)) + mlp(ln2(x)): GPT-NeoX's parallel residual."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    self.input_layernorm = _layer_norm(cfg, rngs)
+    self.post_attention_layernorm = _layer_norm(cfg, rngs)
+    # Output features ordered (head, q/k/v, head width), as in GPT-NeoX's fused query_key_value.
+    self.query_key_value = _dense(cfg.width, 3 * cfg.width, cfg, rngs, std=cfg.init_std)
+    self.dense = _dense(cfg.width, cfg.width, cfg, rngs, std=out_std)
+    self.dense_h_to_4h = _dense(cfg.width, cfg.ff_width, cfg, rngs, std=cfg.init_std)
+    self.dense_4h_to_h = _dense(cfg.ff_width, cfg.width, cfg, rngs, std=out_std)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv):
+    """`kv` is (keys, values, slot) of this layer's cache, or None without a cache."""
+    cfg = self.cfg
+    b, t, _ = x_BxTxD.shape
+    h = self.input_layernorm(x_BxTxD).astype(cfg.compute_dtype)
+    qkv_BxTxHx3xE = self.query_key_value(h).reshape(b, t, cfg.num_heads, 3, cfg.head_width)
+    q_BxTxHxE = _rotate(qkv_BxTxHx3xE[..., 0, :], positions_BxT, cfg)
+    k_BxTxHxE = _rotate(qkv_BxTxHx3xE[..., 1, :], positions_BxT, cfg)
+    v_BxTxHxE = qkv_BxTxHx3xE[..., 2, :]
+    if kv is not None:
+      keys_BxSxHxE, values_BxSxHxE, slot = kv
+      k_BxTxHxE = jax.lax.dynamic_update_slice_in_dim(keys_BxSxHxE, k_BxTxHxE, slot, axis=1)
+      v_BxTxHxE = jax.lax.dynamic_update_slice_in_dim(values_BxSxHxE, v_BxTxHxE, slot, axis=1)
+    scores_BxHxTxS = jnp.einsum('bthe,bshe->bhts', q_BxTxHxE, k_BxTxHxE, preferred_element_type=jnp.float32)
+    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS / math.sqrt(cfg.head_width), -1e30)
+    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(cfg.compute_dtype)
+    attended_BxTxD = jnp.einsum('bhts,bshe->bthe', probs_BxHxTxS, v_BxTxHxE).reshape(b, t, cfg.width)
+    mlp_in = self.post_attention_layernorm(x_BxTxD).astype(cfg.compute_dtype)
+    mlp_out = self.dense_4h_to_h(jax.nn.gelu(self.dense_h_to_4h(mlp_in), approximate=False))
+    x_BxTxD = x_BxTxD + self.dense(attended_BxTxD) + mlp_out
+    return x_BxTxD, (k_BxTxHxE, v_BxTxHxE)
+
+
+class Transformer(nnx.Module):
+  """Token ids in, next-token logits out (float32), optionally reading and extending a KV cache."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed_in = nnx.Embed(
+      cfg.vocab_size,
+      cfg.width,
+      dtype=cfg.compute_dtype,
+      param_dtype=jnp.float32,
+      embedding_init=nnx.initializers.normal(cfg.init_std),
+      rngs=rngs,
+    )
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_layer_norm = _layer_norm(cfg, rngs)
+    self.embed_out = _dense(cfg.width, cfg.vocab_size, cfg, rngs, std=cfg.init_std, bias=False)
+
+  def __call__(
+    self,
+    tokens_BxT: Int[Array, 'B T'],
+    mask_BxT: Bool[Array, 'B T'],
+    cache: KVCache | None = None,
+  ) -> tuple[Float[Array, 'B T V'], KVCache | None]:
+    """Causal forward pass.
+
+    Args:
+      tokens_BxT: token ids.
+      mask_BxT: True on real tokens; padding (left or right) is neither attended to nor counted in
+        positions, so a left-padded prompt gets the same positions as an unpadded one.
+      cache: None for a full pass (training); otherwise the tokens are written at slots
+        [cache.index, cache.index + T) and attend to every earlier valid slot.
+
+    Returns:
+      Float32 logits [B, T, V] and the extended cache (None without one).
+    """
+    cfg = self.cfg
+    t = tokens_BxT.shape[1]
+    if cache is None:
+      positions_BxT = jnp.cumsum(mask_BxT, axis=1) - 1
+      key_valid_BxS, slots_T = mask_BxT, jnp.arange(t)
+    else:
+      seen_B = jnp.sum(cache.valid_BxS, axis=1)
+      positions_BxT = seen_B[:, None] + jnp.cumsum(mask_BxT, axis=1) - 1
+      key_valid_BxS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BxS, mask_BxT, cache.index, axis=1)
+      slots_T = cache.index + jnp.arange(t)
+    num_slots = key_valid_BxS.shape[1]
+    causal_TxS = jnp.arange(num_slots)[None, :] <= slots_T[:, None]
+    mask_BxTxS = causal_TxS[None] & key_valid_BxS[:, None, :]
+    positions_BxT = jnp.maximum(positions_BxT, 0)
+
+    x_BxTxD = self.embed_in(tokens_BxT)
+    new_keys, new_values = [], []
+    for i, layer in enumerate(self.layers):
+      kv = None if cache is None else (cache.keys_NxBxSxHxE[i], cache.values_NxBxSxHxE[i], cache.index)
+      x_BxTxD, (k, v) = layer(x_BxTxD, positions_BxT, mask_BxTxS, kv)
+      new_keys.append(k)
+      new_values.append(v)
+    h_BxTxD = self.final_layer_norm(x_BxTxD).astype(cfg.compute_dtype)
+    logits_BxTxV = self.embed_out(h_BxTxD).astype(jnp.float32)
+    if cache is None:
+      return logits_BxTxV, None
+    new_cache = KVCache(
+      keys_NxBxSxHxE=jnp.stack(new_keys),
+      values_NxBxSxHxE=jnp.stack(new_values),
+      valid_BxS=key_valid_BxS,
+      index=cache.index + t,
+    )
+    return logits_BxTxV, new_cache
+
+
+Params = dict  # nested dict of arrays, as `nnx.to_pure_dict` gives; what optax and Orbax see
+
+
+def init(cfg: ModelConfig, key) -> tuple[nnx.GraphDef, Params]:
+  """A fresh model split at the boundary into (graphdef, params as a plain nested dict)."""
+  graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(params=key)))
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def abstract_params(cfg: ModelConfig) -> tuple[nnx.GraphDef, Params]:
+  """(graphdef, params as ShapeDtypeStructs) without allocating: for sharding rules and restores."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(params=0))))
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def apply(graphdef: nnx.GraphDef, params: Params, tokens_BxT, mask_BxT, cache: KVCache | None = None):
+  """Pure forward pass over split parameters; see `Transformer.__call__`."""
+  return nnx.merge(graphdef, params)(tokens_BxT, mask_BxT, cache)
+
+
+def num_params(params: Params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+  """Forward-pass FLOPs per token (2 per multiply-add): all matmuls plus attention scores and mixing."""
+  d, f, v = cfg.width, cfg.ff_width, cfg.vocab_size
+  per_layer = 2 * (3 * d * d + d * d + 2 * d * f) + 2 * 2 * seq_len * d
+  return cfg.num_layers * per_layer + 2 * d * v

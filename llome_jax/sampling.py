@@ -1,0 +1,148 @@
+"""Jitted autoregressive decoding with a KV cache: greedy, temperature and top-k, one `lax.scan`.
+
+Temperatures are per row, so one compiled sampler serves a batch that mixes greedy rows (temperature 0)
+with sampled rows at several temperatures, as LLOME's inner loop does.
+"""
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from llome_jax import model as model_lib
+from llome_jax import sharding
+
+LOGPROB_MODES = ('model', 'tempered')
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  """Static decoding settings.
+
+  `logprobs`: 'model' reports each chosen token's log-probability under the untempered, unfiltered
+  model, so likelihoods are comparable across temperatures; 'tempered' reports it under the
+  distribution actually sampled from (temperature and top-k applied), which is what the reference
+  ranks by and which favours low temperatures. Greedy rows report the model's log-probability in both.
+  """
+
+  max_new_tokens: int
+  eos_id: int
+  pad_id: int
+  top_k: int = 0
+  logprobs: str = 'model'
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f'max_new_tokens must be positive, got {self.max_new_tokens}.')
+    if self.top_k < 0:
+      raise ValueError(f'top_k must be >= 0 (0 disables it), got {self.top_k}.')
+    if self.logprobs not in LOGPROB_MODES:
+      raise ValueError(f'logprobs must be one of {LOGPROB_MODES}, got {self.logprobs!r}.')
+
+
+@flax.struct.dataclass
+class Samples:
+  """Generated tokens (PAD after EOS), their log-probabilities (0 where not generated), and which
+  positions were generated (up to and including the first EOS)."""
+
+  tokens_BxG: Int[Array, 'B G']
+  logps_BxG: Float[Array, 'B G']
+  mask_BxG: Bool[Array, 'B G']
+
+  def mean_logp(self) -> Float[Array, ' B']:
+    """Mean token log-likelihood of each generation (the LLOME ranking statistic)."""
+    count_B = jnp.maximum(jnp.sum(self.mask_BxG, axis=1), 1)
+    return jnp.sum(self.logps_BxG, axis=1) / count_B
+
+
+def _choose(key, logits_BxV, temperature_B, allowed_BxV, cfg: SampleConfig):
+  """Next token per row and its log-probability (see SampleConfig.logprobs)."""
+  model_logps_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+  masked_BxV = jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
+  if cfg.top_k:
+    kth_B1 = jax.lax.top_k(masked_BxV, min(cfg.top_k, masked_BxV.shape[-1]))[0][:, -1:]
+    masked_BxV = jnp.where(masked_BxV >= kth_B1, masked_BxV, -jnp.inf)
+  greedy_B = temperature_B <= 0.0
+  # Dividing by 1 on greedy rows keeps them finite; their sampled draw is discarded below.
+  tempered_BxV = masked_BxV / jnp.where(greedy_B, 1.0, temperature_B)[:, None]
+  sampled_B = jax.random.categorical(key, tempered_BxV, axis=-1)
+  token_B = jnp.where(greedy_B, jnp.argmax(masked_BxV, axis=-1), sampled_B).astype(jnp.int32)
+  logp_B = jnp.take_along_axis(model_logps_BxV, token_B[:, None], axis=-1)[:, 0]
+  if cfg.logprobs == 'tempered':
+    tempered_logps_BxV = jax.nn.log_softmax(tempered_BxV, axis=-1)
+    tempered_B = jnp.take_along_axis(tempered_logps_BxV, token_B[:, None], axis=-1)[:, 0]
+    logp_B = jnp.where(greedy_B, logp_B, tempered_B)
+  return token_B, logp_B
+
+
+def sample(
+  key: PRNGKeyArray,
+  graphdef: nnx.GraphDef,
+  params: model_lib.Params,
+  prompts_BxT: Int[Array, 'B T'],
+  prompt_mask_BxT: Bool[Array, 'B T'],
+  temperature_B: Float[Array, ' B'],
+  *,
+  cfg: SampleConfig,
+  allowed_GxV: Bool[Array, 'G V'] | None = None,
+) -> Samples:
+  """Decodes `cfg.max_new_tokens` tokens after each (left-padded) prompt.
+
+  Args:
+    key: randomness; step g uses fold_in(key, g).
+    graphdef, params: the policy, split at the boundary.
+    prompts_BxT, prompt_mask_BxT: prompts, left-padded so that every row continues at slot T.
+    temperature_B: per-row temperature; <= 0 means greedy.
+    cfg: static decoding settings.
+    allowed_GxV: constrained decoding: row g lists the tokens allowed at generated position g (for
+      example exactly L state tokens then EOS, so every output is valid). None: unconstrained.
+
+  Returns:
+    Samples with G = cfg.max_new_tokens positions; rows stop (PAD, log-prob 0) after their first EOS.
+  """
+  model_cfg = nnx.merge(graphdef, params).cfg
+  b, t = prompts_BxT.shape
+  g = cfg.max_new_tokens
+  vocab = model_cfg.vocab_size
+  if allowed_GxV is None:
+    allowed_GxV = jnp.ones((g, vocab), bool)
+  elif allowed_GxV.shape != (g, vocab):
+    raise ValueError(f'allowed_GxV must have shape {(g, vocab)}, got {allowed_GxV.shape}.')
+  if t + g > model_cfg.max_len:
+    raise ValueError(f'prompt length {t} + {g} new tokens exceeds the model max_len {model_cfg.max_len}.')
+  temperature_B = jnp.broadcast_to(jnp.asarray(temperature_B, jnp.float32), (b,))
+
+  cache = model_lib.init_cache(model_cfg, b, t + g)
+  logits_BxTxV, cache = model_lib.apply(graphdef, params, prompts_BxT, prompt_mask_BxT, cache)
+
+  def step(carry, inputs):
+    cache, logits_BxV, done_B = carry
+    i, allowed_V = inputs
+    allowed_BxV = jnp.broadcast_to(allowed_V, logits_BxV.shape)
+    token_B, logp_B = _choose(jax.random.fold_in(key, i), logits_BxV, temperature_B, allowed_BxV, cfg)
+    live_B = ~done_B
+    token_B = jnp.where(live_B, token_B, cfg.pad_id)
+    logp_B = jnp.where(live_B, logp_B, 0.0)
+    done_B = done_B | (token_B == cfg.eos_id)
+    next_logits_Bx1xV, cache = model_lib.apply(graphdef, params, token_B[:, None], live_B[:, None], cache)
+    return (cache, next_logits_Bx1xV[:, 0], done_B), (token_B, logp_B, live_B)
+
+  carry = (cache, logits_BxTxV[:, -1], jnp.zeros((b,), bool))
+  _, (tokens_GxB, logps_GxB, live_GxB) = jax.lax.scan(step, carry, (jnp.arange(g), allowed_GxV))
+  return Samples(tokens_BxG=tokens_GxB.T, logps_BxG=logps_GxB.T, mask_BxG=live_GxB.T)
+
+
+def jit_sample(graphdef: nnx.GraphDef, params_shardings, mesh, *, cfg: SampleConfig):
+  """`sample` jitted at the edge: prompts and outputs split over the data axis, params as given."""
+  rows = sharding.leading_axis(mesh)
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+    lambda key, params, prompts_BxT, mask_BxT, temperature_B, allowed_GxV: sample(
+      key, graphdef, params, prompts_BxT, mask_BxT, temperature_B, cfg=cfg, allowed_GxV=allowed_GxV
+    ),
+    in_shardings=(replicated, params_shardings, rows, rows, rows, replicated),
+    out_shardings=rows,
+  )
