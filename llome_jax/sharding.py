@@ -1,19 +1,33 @@
-"""All sharding rules: one device mesh, data and populations split along its leading `data` axis."""
+"""All sharding rules: a (data, model) device mesh; data and populations split along `data`; model
+parameters split FSDP-style over `data` and, optionally, tensor-parallel over `model`."""
+
+import re
 
 import jax
+import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = 'data'
+MODEL_AXIS = 'model'
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` devices (all by default), with an Auto-typed data axis."""
+def make_mesh(num_devices: int | None = None, *, model_parallel: int = 1) -> Mesh:
+  """A (data, model) mesh over the first `num_devices` devices (all by default).
+
+  `model_parallel` devices share each data shard's model (tensor parallelism); the rest split the
+  batch. Both axes are Auto-typed: shardings given at the jit boundary propagate through the program.
+  """
   available = jax.device_count()
   num_devices = available if num_devices is None else num_devices
   if not 1 <= num_devices <= available:
     raise ValueError(f'num_devices must lie in [1, {available}], got {num_devices}.')
+  if model_parallel < 1 or num_devices % model_parallel:
+    raise ValueError(f'model_parallel={model_parallel} must divide num_devices={num_devices}.')
   return jax.make_mesh(
-    (num_devices,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:num_devices]
+    (num_devices // model_parallel, model_parallel),
+    (DATA_AXIS, MODEL_AXIS),
+    axis_types=(AxisType.Auto, AxisType.Auto),
+    devices=jax.devices()[:num_devices],
   )
 
 
@@ -46,3 +60,50 @@ def ga_state_shardings(mesh: Mesh, state):
   """GA state: the population is split along the data axis; incumbent, counters and archive replicated."""
   shardings = jax.tree.map(lambda _: replicated(mesh), state)
   return shardings.replace(particles_PxL=leading_axis(mesh))
+
+
+# Parameter rules by name, for GPT-NeoX layouts (model.py): Megatron-style tensor parallelism (the fused
+# qkv and the MLP's first layer split by output features, i.e. whole heads; the attention output and the
+# MLP's second layer split by input features) and FSDP over the data axis on the other dimension.
+# 'fsdp' stands for the data axis when FSDP is on, else no axis. LayerNorms stay replicated.
+_PARAM_RULES = (
+  (r'query_key_value/kernel$|dense_h_to_4h/kernel$|embed_out/kernel$', ('fsdp', MODEL_AXIS)),
+  (r'query_key_value/bias$|dense_h_to_4h/bias$', (MODEL_AXIS,)),
+  (r'/dense/kernel$|dense_4h_to_h/kernel$', (MODEL_AXIS, 'fsdp')),
+  (r'embed_in/embedding$', ('fsdp', MODEL_AXIS)),
+)
+
+
+def _path_name(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def param_spec(name: str, shape: tuple[int, ...], mesh: Mesh, *, fsdp: bool = True) -> PartitionSpec:
+  """The PartitionSpec of one parameter; an axis that does not divide its dimension is dropped."""
+  axes = (None,) * len(shape)
+  for pattern, rule in _PARAM_RULES:
+    if re.search(pattern, name) and len(rule) == len(shape):
+      axes = tuple((DATA_AXIS if fsdp else None) if a == 'fsdp' else a for a in rule)
+      break
+  axes = tuple(
+    a if a is not None and dim % mesh.shape[a] == 0 else None for a, dim in zip(axes, shape, strict=True)
+  )
+  return PartitionSpec(*axes)
+
+
+def param_shardings(params, mesh: Mesh, *, fsdp: bool = True):
+  """NamedShardings for a parameter tree (arrays or ShapeDtypeStructs), inferred from names and shapes."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, x: NamedSharding(mesh, param_spec(_path_name(path), x.shape, mesh, fsdp=fsdp)), params
+  )
+
+
+def opt_state_shardings(optimizer: optax.GradientTransformation, opt_state, params_shardings, mesh: Mesh):
+  """Optimizer moments follow their parameters' shardings; counters and other leaves are replicated."""
+  return optax.tree_map_params(
+    optimizer,
+    lambda _, sharding: sharding,
+    opt_state,
+    params_shardings,
+    transform_non_params=lambda _: replicated(mesh),
+  )
