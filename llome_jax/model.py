@@ -87,19 +87,24 @@ def preset(name: str, **overrides) -> ModelConfig:
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of every layer for S cache slots, which slots hold real tokens, and the next slot."""
+  """Per layer, keys and values of S cache slots; which slots hold real tokens; the next slot to write.
 
-  keys_NxBxSxHxE: Array
-  values_NxBxSxHxE: Array
+  Heads come before slots ([B, H, S, E]) so that decoding reads each head's keys contiguously and a
+  written slot updates the buffer in place (no per-step transpose or stacking of the cache).
+  """
+
+  keys: tuple[Array, ...]
+  values: tuple[Array, ...]
   valid_BxS: Bool[Array, 'B S']
   index: Int[Array, '']
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, num_slots: int) -> KVCache:
-  shape = (cfg.num_layers, batch_size, num_slots, cfg.num_heads, cfg.head_width)
+  shape = (batch_size, cfg.num_heads, num_slots, cfg.head_width)
+  zeros = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers))
   return KVCache(
-    keys_NxBxSxHxE=jnp.zeros(shape, cfg.compute_dtype),
-    values_NxBxSxHxE=jnp.zeros(shape, cfg.compute_dtype),
+    keys=zeros,
+    values=zeros,
     valid_BxS=jnp.zeros((batch_size, num_slots), bool),
     index=jnp.zeros((), jnp.int32),
   )
@@ -133,7 +138,10 @@ def _dense(din: int, dout: int, cfg: ModelConfig, rngs: nnx.Rngs, *, std: float,
 
 def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
   # Statistics in float32 whatever the compute dtype: bf16 variance of wide activations is too coarse.
-  return nnx.LayerNorm(cfg.width, epsilon=cfg.layer_norm_eps, dtype=jnp.float32, rngs=rngs)
+  # Two-pass variance, as torch: the one-pass E[x^2] - E[x]^2 loses precision on offset activations.
+  return nnx.LayerNorm(
+    cfg.width, epsilon=cfg.layer_norm_eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs
+  )
 
 
 class Block(nnx.Module):
@@ -156,21 +164,22 @@ class Block(nnx.Module):
     b, t, _ = x_BxTxD.shape
     h = self.input_layernorm(x_BxTxD).astype(cfg.compute_dtype)
     qkv_BxTxHx3xE = self.query_key_value(h).reshape(b, t, cfg.num_heads, 3, cfg.head_width)
-    q_BxTxHxE = _rotate(qkv_BxTxHx3xE[..., 0, :], positions_BxT, cfg)
-    k_BxTxHxE = _rotate(qkv_BxTxHx3xE[..., 1, :], positions_BxT, cfg)
-    v_BxTxHxE = qkv_BxTxHx3xE[..., 2, :]
+    q_BxHxTxE = _rotate(qkv_BxTxHx3xE[..., 0, :], positions_BxT, cfg).transpose(0, 2, 1, 3)
+    k_BxHxTxE = _rotate(qkv_BxTxHx3xE[..., 1, :], positions_BxT, cfg).transpose(0, 2, 1, 3)
+    v_BxHxTxE = qkv_BxTxHx3xE[..., 2, :].transpose(0, 2, 1, 3)
     if kv is not None:
-      keys_BxSxHxE, values_BxSxHxE, slot = kv
-      k_BxTxHxE = jax.lax.dynamic_update_slice_in_dim(keys_BxSxHxE, k_BxTxHxE, slot, axis=1)
-      v_BxTxHxE = jax.lax.dynamic_update_slice_in_dim(values_BxSxHxE, v_BxTxHxE, slot, axis=1)
-    scores_BxHxTxS = jnp.einsum('bthe,bshe->bhts', q_BxTxHxE, k_BxTxHxE, preferred_element_type=jnp.float32)
+      keys_BxHxSxE, values_BxHxSxE, slot = kv
+      k_BxHxTxE = jax.lax.dynamic_update_slice_in_dim(keys_BxHxSxE, k_BxHxTxE, slot, axis=2)
+      v_BxHxTxE = jax.lax.dynamic_update_slice_in_dim(values_BxHxSxE, v_BxHxTxE, slot, axis=2)
+    scores_BxHxTxS = jnp.einsum('bhte,bhse->bhts', q_BxHxTxE, k_BxHxTxE, preferred_element_type=jnp.float32)
     scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS / math.sqrt(cfg.head_width), -1e30)
     probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(cfg.compute_dtype)
-    attended_BxTxD = jnp.einsum('bhts,bshe->bthe', probs_BxHxTxS, v_BxTxHxE).reshape(b, t, cfg.width)
+    attended_BxHxTxE = jnp.einsum('bhts,bhse->bhte', probs_BxHxTxS, v_BxHxTxE)
+    attended_BxTxD = attended_BxHxTxE.transpose(0, 2, 1, 3).reshape(b, t, cfg.width)
     mlp_in = self.post_attention_layernorm(x_BxTxD).astype(cfg.compute_dtype)
     mlp_out = self.dense_4h_to_h(jax.nn.gelu(self.dense_h_to_4h(mlp_in), approximate=False))
     x_BxTxD = x_BxTxD + self.dense(attended_BxTxD) + mlp_out
-    return x_BxTxD, (k_BxTxHxE, v_BxTxHxE)
+    return x_BxTxD, (k_BxHxTxE, v_BxHxTxE)
 
 
 class Transformer(nnx.Module):
@@ -226,7 +235,7 @@ class Transformer(nnx.Module):
     x_BxTxD = self.embed_in(tokens_BxT)
     new_keys, new_values = [], []
     for i, layer in enumerate(self.layers):
-      kv = None if cache is None else (cache.keys_NxBxSxHxE[i], cache.values_NxBxSxHxE[i], cache.index)
+      kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
       x_BxTxD, (k, v) = layer(x_BxTxD, positions_BxT, mask_BxTxS, kv)
       new_keys.append(k)
       new_values.append(v)
@@ -235,8 +244,8 @@ class Transformer(nnx.Module):
     if cache is None:
       return logits_BxTxV, None
     new_cache = KVCache(
-      keys_NxBxSxHxE=jnp.stack(new_keys),
-      values_NxBxSxHxE=jnp.stack(new_values),
+      keys=tuple(new_keys),
+      values=tuple(new_values),
       valid_BxS=key_valid_BxS,
       index=cache.index + t,
     )
