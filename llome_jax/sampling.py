@@ -116,7 +116,7 @@ def sample(
   temperature_B = jnp.broadcast_to(jnp.asarray(temperature_B, jnp.float32), (b,))
 
   cache = model_lib.init_cache(model_cfg, b, t + g)
-  logits_BxTxV, cache = model_lib.apply(graphdef, params, prompts_BxT, prompt_mask_BxT, cache)
+  logits_Bx1xV, cache = model_lib.apply(graphdef, params, prompts_BxT, prompt_mask_BxT, cache, last_only=True)
 
   def step(carry, inputs):
     cache, logits_BxV, done_B = carry
@@ -130,7 +130,7 @@ def sample(
     next_logits_Bx1xV, cache = model_lib.apply(graphdef, params, token_B[:, None], live_B[:, None], cache)
     return (cache, next_logits_Bx1xV[:, 0], done_B), (token_B, logp_B, live_B)
 
-  carry = (cache, logits_BxTxV[:, -1], jnp.zeros((b,), bool))
+  carry = (cache, logits_Bx1xV[:, 0], jnp.zeros((b,), bool))
   _, (tokens_GxB, logps_GxB, live_GxB) = jax.lax.scan(step, carry, (jnp.arange(g), allowed_GxV))
   return Samples(tokens_BxG=tokens_GxB.T, logps_BxG=logps_GxB.T, mask_BxG=live_GxB.T)
 

@@ -1,8 +1,11 @@
 """Tests of the GPT-NeoX policy: presets, masking and positions, the KV cache, dtypes, jit."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 
@@ -152,3 +155,26 @@ def test_flops_per_token_counts_matmuls():
 
 GOLDEN_ABS_SUM = 102.32228088378906
 GOLDEN_FIRST = [-0.06096319109201431, -0.01981469802558422, 0.11053880304098129, -0.11917605996131897]
+
+
+def test_last_only_gives_the_last_logits_and_the_full_cache(tiny):
+  cfg, graphdef, params = tiny
+  tokens = _tokens(length=9)
+  mask = jnp.ones(tokens.shape, bool).at[1, :2].set(False)
+  full, full_cache = _apply(graphdef, params, tokens, mask, model.init_cache(cfg, 3, 12))
+  last, last_cache = jax.jit(functools.partial(model.apply, last_only=True), static_argnums=0)(
+    graphdef, params, tokens, mask, model.init_cache(cfg, 3, 12)
+  )
+  chex.assert_shape(last, (3, 1, VOCAB))
+  chex.assert_trees_all_close(last[:, 0], full[:, -1], atol=1e-6)
+  chex.assert_trees_all_close(last_cache, full_cache, atol=1e-6)
+
+
+def test_gelu_is_exact_erf_gelu_with_its_true_gradient():
+  x = jnp.linspace(-8.0, 8.0, 1001)
+  chex.assert_trees_all_close(model._gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
+  grad = jax.vmap(jax.grad(model._gelu))(x)
+  chex.assert_trees_all_close(
+    grad, jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x), atol=2e-6
+  )
+  jax.test_util.check_grads(model._gelu, (x[::50],), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
