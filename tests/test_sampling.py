@@ -206,3 +206,13 @@ def test_golden_samples(policy):
 # Row 0 greedy, row 1 sampled at temperature 1 with top-k 50, from key 9.
 GOLDEN_TOKENS = [[2, 1, 3, 8, 2, 1, 3], [6, 10, 9, 0, 0, 8, 9]]
 GOLDEN_LOGP_SUM = -34.897178649902344
+
+
+@pytest.mark.parametrize('k', [1, 2, 50, 1999, 2000])
+def test_kth_largest_by_bisection_equals_top_k(k):
+  # 2000 tokens: above the size where bisection replaces lax.top_k. Ties, -inf and rounding included.
+  x = 5.0 * jax.random.normal(jax.random.key(0), (6, 2000))
+  x = x.at[0, :100].set(1.5).at[1].set(-jnp.inf).at[1, :3].set(-2.0).at[2, :10].set(-jnp.inf)
+  x = x.at[3].set(jnp.round(x[3])).at[4].set(-jnp.abs(x[4]))
+  got = jax.jit(sampling._kth_largest, static_argnums=1)(x, k)
+  chex.assert_trees_all_equal(got, jax.lax.top_k(x, k)[0][:, -1:])
