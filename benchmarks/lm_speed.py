@@ -49,7 +49,6 @@ def time_train(cfg: model.ModelConfig, batch_size: int, seq_len: int, repeats: i
     targets_BxT=tokens[:, 1:],
     loss_mask_BxT=jnp.ones((batch_size, seq_len), jnp.float32),
     input_mask_BxT=jnp.ones((batch_size, seq_len), bool),
-    positions_BxT=jnp.broadcast_to(jnp.arange(seq_len), (batch_size, seq_len)),
   )
   batch = train.Batch(pairs=pairs, where_B=jnp.ones(batch_size, bool))
   step = jax.jit(

@@ -22,15 +22,14 @@ class PairBatch:
   `targets_BxT = tokens[:, 1:]` and `inputs_BxT = tokens[:, :-1]`. `loss_mask_BxT` is aligned with
   the targets: 1.0 exactly where `targets_BxT[:, t]` is a token of y or the closing EOS (so its row sum
   is the number of target tokens). `input_mask_BxT` is aligned with the inputs: True where
-  `inputs_BxT[:, t]` is a real (non-pad) token, for attention. `positions_BxT` counts real tokens from
-  0, so left padding does not shift positions (pad positions hold 0).
+  `inputs_BxT[:, t]` is a real (non-pad) token, for attention; the model derives positions from it
+  (real tokens counted from 0), so left padding does not shift them.
   """
 
   inputs_BxT: Int[Array, 'B T']
   targets_BxT: Int[Array, 'B T']
   loss_mask_BxT: Float[Array, 'B T']
   input_mask_BxT: Bool[Array, 'B T']
-  positions_BxT: Int[Array, 'B T']
 
   @property
   def tokens(self) -> Int[Array, 'B T+1']:
@@ -43,13 +42,11 @@ class PairBatch:
 class PromptBatch:
   """Prompts for generation, LEFT-padded so every row's next token goes at column T.
 
-  `mask_BxT` is True on real tokens; `positions_BxT` counts real tokens from 0 (pad positions hold 0),
-  matching `PairBatch.positions_BxT`.
+  `mask_BxT` is True on real tokens (the model counts positions over them, as for PairBatch).
   """
 
   tokens_BxT: Int[Array, 'B T']
   mask_BxT: Bool[Array, 'B T']
-  positions_BxT: Int[Array, 'B T']
 
 
 @flax.struct.dataclass
@@ -138,8 +135,7 @@ class CompactCodec:
       return jnp.full((x_BxL.shape[0], 1), token_id, jnp.int32)
 
     tokens_BxT = jnp.concatenate([column(self.bos_id), column(self.inc_id), x_BxL, column(self.sep_id)], 1)
-    positions_BxT = jnp.broadcast_to(jnp.arange(self.prompt_len, dtype=jnp.int32), tokens_BxT.shape)
-    return PromptBatch(tokens_BxT, jnp.ones(tokens_BxT.shape, bool), positions_BxT)
+    return PromptBatch(tokens_BxT, jnp.ones(tokens_BxT.shape, bool))
 
   def encode_pairs(self, x_BxL: Int[ArrayLike, 'B L'], y_BxL: Int[ArrayLike, 'B L']) -> PairBatch:
     """Prompt(x) + [y_1..y_L, EOS]: 2L + 4 tokens, so T = 2L + 3; the last L + 1 targets are in the loss."""
@@ -155,7 +151,6 @@ class CompactCodec:
       targets_BxT=tokens[:, 1:],
       loss_mask_BxT=jnp.broadcast_to(loss_mask_T, shape),
       input_mask_BxT=jnp.ones(shape, bool),
-      positions_BxT=jnp.broadcast_to(jnp.arange(shape[1], dtype=jnp.int32), shape),
     )
 
   def decode(self, generated_BxG: Int[ArrayLike, 'B G']) -> tuple[Int[Array, 'B L'], Funnel]:
@@ -270,7 +265,7 @@ class TextCodec:
     """Tokenised prompts, left-padded to the longest; numpy arrays."""
     rows = [self._prompt_ids(x_L) for x_L in np.asarray(x_BxL)]
     tokens_BxT, mask_BxT = self._left_pad(rows, max(map(len, rows)))
-    return PromptBatch(tokens_BxT, mask_BxT, _positions(mask_BxT))
+    return PromptBatch(tokens_BxT, mask_BxT)
 
   def encode_pairs(self, x_BxL: Int[ArrayLike, 'B L'], y_BxL: Int[ArrayLike, 'B L']) -> PairBatch:
     """Prompts left-padded to the longest, then targets (with EOS) right-padded to the longest, so the
@@ -295,7 +290,6 @@ class TextCodec:
       targets_BxT=tokens[:, 1:],
       loss_mask_BxT=in_target[:, 1:].astype(np.float32),
       input_mask_BxT=real[:, :-1],
-      positions_BxT=_positions(real)[:, :-1],
     )
 
   def decode(self, generated_BxG: Int[ArrayLike, 'B G']) -> tuple[Int[np.ndarray, 'B L'], Funnel]:
@@ -330,8 +324,3 @@ class TextCodec:
       'TextCodec has no allowed-token table: constrained decoding needs a fixed-layout codec such as '
       'CompactCodec.'
     )
-
-
-def _positions(real_BxT: np.ndarray) -> np.ndarray:
-  """0, 1, 2, ... over each row's real tokens; 0 on padding."""
-  return np.maximum(np.cumsum(real_BxT, axis=1, dtype=np.int32) - 1, 0) * real_BxT

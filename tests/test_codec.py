@@ -43,7 +43,6 @@ def test_compact_layout():
     prompts.tokens_BxT, np.array([[5, 6, 0, 3, 1, 7], [5, 6, 2, 2, 0, 7]], np.int32)
   )
   assert np.all(prompts.mask_BxT)
-  chex.assert_trees_all_equal(prompts.positions_BxT[0], np.arange(6, dtype=np.int32))
 
   pair = c.encode_pairs(_X, _Y)
   tokens_0 = [5, 6, 0, 3, 1, 7, 1, 3, 1, 8]  # prompt + target, 2L + 4 tokens.
@@ -173,7 +172,6 @@ def test_text_round_trip():
   width = prompts.tokens_BxT.shape[1]
   chex.assert_trees_all_equal(pair.inputs_BxT[:, :width], prompts.tokens_BxT)
   chex.assert_trees_all_equal(pair.input_mask_BxT[:, :width], prompts.mask_BxT)
-  chex.assert_trees_all_equal(pair.positions_BxT[:, :width], prompts.positions_BxT)
 
 
 def test_text_padding_with_numbers_of_different_width():
@@ -187,7 +185,6 @@ def test_text_padding_with_numbers_of_different_width():
   assert prompts.tokens_BxT[0, :2].tolist() == [tok.pad_id] * 2
   assert prompts.mask_BxT.tolist()[0] == [False] * 2 + [True] * 14 and np.all(prompts.mask_BxT[1])
   assert prompts.tokens_BxT[0, 2] == tok.bos_id and prompts.tokens_BxT[:, -1].tolist() == [10, 10]
-  assert prompts.positions_BxT[0].tolist() == [0, 0, *range(14)]
   assert tok.decode(prompts.tokens_BxT[0].tolist()) == '<inc> [3, 3]\n'
 
   pair = c.encode_pairs(x, y)
