@@ -183,15 +183,22 @@ def edit_stats(
 # Diversity of a pool.
 
 
-def num_unique(seqs_NxL: Int[Array, 'N L'], where_N: Bool[Array, ' N']) -> Array:
-  """Number of distinct rows among the masked rows (exact: a lexicographic sort over whole rows)."""
+def first_occurrences(seqs_NxL: Int[Array, 'N L'], where_N: Bool[Array, ' N']) -> Bool[Array, ' N']:
+  """True on the first masked occurrence (lowest index) of each distinct row; exact, by sorting rows."""
   seqs_NxL, where_N = jnp.asarray(seqs_NxL), jnp.asarray(where_N, bool)
-  # jnp.lexsort's last key is the primary one: masked rows first, then columns 0, 1, ... in order.
-  keys = tuple(seqs_NxL[:, i] for i in reversed(range(seqs_NxL.shape[1]))) + (~where_N,)
+  n = where_N.shape[0]
+  # jnp.lexsort's last key is the primary one: masked rows first, then columns 0, 1, ..., then index
+  # (stable), so each run of equal rows starts at its lowest index.
+  keys = (jnp.arange(n),) + tuple(seqs_NxL[:, i] for i in reversed(range(seqs_NxL.shape[1]))) + (~where_N,)
   order_N = jnp.lexsort(keys)
   sorted_NxL, sorted_where_N = seqs_NxL[order_N], where_N[order_N]
   differs_N = jnp.concatenate([jnp.ones(1, bool), jnp.any(sorted_NxL[1:] != sorted_NxL[:-1], axis=-1)])
-  return jnp.sum(differs_N & sorted_where_N, dtype=jnp.int32)
+  return jnp.zeros(n, bool).at[order_N].set(differs_N & sorted_where_N)
+
+
+def num_unique(seqs_NxL: Int[Array, 'N L'], where_N: Bool[Array, ' N']) -> Array:
+  """Number of distinct rows among the masked rows (exact: a lexicographic sort over whole rows)."""
+  return jnp.sum(first_occurrences(seqs_NxL, where_N), dtype=jnp.int32)
 
 
 def _max_exact_count(num_pairs: int) -> int:
