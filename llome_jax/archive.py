@@ -7,6 +7,7 @@ mixed position-keyed terms), so two distinct sequences are merged with probabili
 """
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
@@ -89,6 +90,22 @@ def add(archive: Archive, x_BxL: Int[Array, 'B L'], values_B: Float[Array, ' B']
     count=archive.count + num_kept,
     num_dropped=archive.num_dropped + num_new - num_kept,
   )
+
+
+def contains(archive: Archive, x_BxL: Int[Array, 'B L']) -> Array:
+  """Which rows of `x_BxL` the archive already holds (bool [B]), by the same 64-bit hash as `add`."""
+  capacity, batch = archive.capacity, x_BxL.shape[0]
+  stored_C = jnp.arange(capacity) < archive.count
+  tags = jnp.concatenate([jnp.where(stored_C, _TAG_STORED, _TAG_EMPTY), jnp.full((batch,), _TAG_NEW)])
+  all_hashes_Xx2 = jnp.concatenate([archive.hashes_Cx2, sequence_hash(x_BxL)])
+  order_X = jnp.lexsort((tags, all_hashes_Xx2[:, 1], all_hashes_Xx2[:, 0]))
+  sorted_Xx2 = all_hashes_Xx2[order_X]
+  # Within a run of equal hashes a stored row sorts first, so a row is held iff its run starts stored.
+  starts_X = jnp.concatenate([jnp.ones(1, bool), jnp.any(sorted_Xx2[1:] != sorted_Xx2[:-1], axis=-1)])
+  position_X = jnp.arange(capacity + batch)
+  run_start_X = jax.lax.cummax(jnp.where(starts_X, position_X, 0))
+  held_X = tags[order_X][run_start_X] == _TAG_STORED
+  return jnp.zeros(capacity + batch, bool).at[order_X].set(held_X)[capacity:]
 
 
 def contents(archive: Archive) -> tuple[np.ndarray, np.ndarray]:

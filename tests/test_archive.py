@@ -254,3 +254,25 @@ def test_random_batches_match_dict_reference(capacity, dtype):
     assert len(reference.stored) == capacity and reference.num_dropped > capacity
   else:
     assert len(reference.stored) > 50 and reference.num_dropped == 0
+
+
+def test_contains_matches_dict_reference_including_stale_empty_slots():
+  rng = np.random.default_rng(7)
+  length, vocab = 4, 3
+  state = archive.init(30, length)
+  stored = set()
+  contains = jax.jit(archive.contains)
+  for _ in range(4):
+    rows = rng.integers(0, vocab, size=(16, length))
+    # Before adding: held iff stored earlier; duplicates within the batch do not count as held.
+    expected = [tuple(r) in stored for r in rows.tolist()]
+    np.testing.assert_array_equal(np.asarray(contains(state, jnp.asarray(rows, jnp.int32))), expected)
+    state = _add(state, jnp.asarray(rows, jnp.int32), jnp.zeros(16))
+    stored |= {tuple(r) for r in archive.contents(state)[0].tolist()}
+  assert 0 < sum(expected) < 16
+  # An empty slot's stale hash is not a stored row.
+  row = np.arange(length) % vocab
+  stale = archive.init(4, length).replace(
+    hashes_Cx2=jnp.tile(archive.sequence_hash(jnp.asarray(row[None])), (4, 1))
+  )
+  assert not bool(archive.contains(stale, jnp.asarray(row[None], jnp.int32))[0])
