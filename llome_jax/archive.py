@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 _MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)  # Odd constants (golden-ratio and xxHash primes).
-_TAG_STORED, _TAG_NEW, _TAG_EMPTY = 0, 1, 2
+_TAG_STORED, _TAG_NEW, _TAG_EMPTY, _TAG_UNREAL = 0, 1, 2, 3
 
 
 @flax.struct.dataclass
@@ -63,20 +63,27 @@ def sequence_hash(x_BxL: Int[Array, 'B L']) -> Array:
   return jnp.stack(lanes, axis=-1)
 
 
-def add(archive: Archive, x_BxL: Int[Array, 'B L'], values_B: Float[Array, ' B']) -> Archive:
-  """Stores the rows of `x_BxL` not seen before (first occurrence in the batch wins), in batch order."""
+def add(
+  archive: Archive, x_BxL: Int[Array, 'B L'], values_B: Float[Array, ' B'], where_B: Array | None = None
+) -> Archive:
+  """Stores the rows of `x_BxL` not seen before (first occurrence in the batch wins), in batch order.
+
+  `where_B` (optional) marks the real rows of a fixed-capacity batch; the others are ignored.
+  """
   capacity, batch = archive.capacity, x_BxL.shape[0]
   hashes_Bx2 = sequence_hash(x_BxL)
   stored_C = jnp.arange(capacity) < archive.count
-  tags = jnp.concatenate([jnp.where(stored_C, _TAG_STORED, _TAG_EMPTY), jnp.full((batch,), _TAG_NEW)])
+  real_B = jnp.ones((batch,), bool) if where_B is None else jnp.asarray(where_B, bool)
+  new_tags_B = jnp.where(real_B, _TAG_NEW, _TAG_UNREAL)
+  tags = jnp.concatenate([jnp.where(stored_C, _TAG_STORED, _TAG_EMPTY), new_tags_B])
   all_hashes_Xx2 = jnp.concatenate([archive.hashes_Cx2, hashes_Bx2])
   # Sort by (hash, tag, index): a new row is unseen iff the entry sorted just before it differs in hash
-  # (stored rows sort first, empty slots last, earlier batch rows before later ones).
+  # (stored rows sort first, then batch rows in order, then empty slots and unreal rows).
   order_X = jnp.lexsort((jnp.arange(capacity + batch), tags, all_hashes_Xx2[:, 1], all_hashes_Xx2[:, 0]))
   sorted_Xx2 = all_hashes_Xx2[order_X]
   differs_X = jnp.concatenate([jnp.ones(1, bool), jnp.any(sorted_Xx2[1:] != sorted_Xx2[:-1], axis=-1)])
   unseen_X = jnp.zeros(capacity + batch, bool).at[order_X].set(differs_X)
-  is_new_B = unseen_X[capacity:]
+  is_new_B = unseen_X[capacity:] & real_B
   slot_B = archive.count + jnp.cumsum(is_new_B) - 1
   slot_B = jnp.where(is_new_B & (slot_B < capacity), slot_B, capacity)  # `capacity` is dropped.
   num_new = jnp.sum(is_new_B, dtype=jnp.int32)

@@ -276,3 +276,14 @@ def test_contains_matches_dict_reference_including_stale_empty_slots():
     hashes_Cx2=jnp.tile(archive.sequence_hash(jnp.asarray(row[None])), (4, 1))
   )
   assert not bool(archive.contains(stale, jnp.asarray(row[None], jnp.int32))[0])
+
+
+def test_add_ignores_unreal_rows_even_when_they_come_first():
+  rows = jnp.asarray([[1, 2, 3], [1, 2, 3], [4, 5, 6], [0, 0, 0]], jnp.int32)
+  state = _add(
+    archive.init(8, 3), rows, jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([False, True, True, False])
+  )
+  stored, values = archive.contents(state)
+  np.testing.assert_array_equal(stored, [[1, 2, 3], [4, 5, 6]])
+  np.testing.assert_array_equal(values, [2.0, 3.0])
+  assert int(state.num_dropped) == 0
