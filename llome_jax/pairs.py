@@ -255,19 +255,21 @@ def make_pairs(
 
 
 def best_pairs(
-  pairs: Pairs, values_C: Float[Array, ' C'], num: int
+  pairs: 'Pairs | Triples', values_C: Float[Array, ' C'], num: int
 ) -> tuple[Int[Array, ' N'], Bool[Array, ' N']]:
   """The `num` real pairs with the highest f(y), best first (the reference's "best_scoring" seeds).
 
-  Ties go to the earlier slot, which is random as `make_pairs` shuffles its output. Seeds are not
-  deduplicated (nor are they in the reference): `pairs.y_idx_P[idx]`.
+  For triples y is the chosen member y_w. Ties go to the earlier slot, which is random as `make_pairs`
+  and `make_triples` shuffle their output. Seeds are not deduplicated (nor are they in the reference):
+  `pairs.y_idx_P[idx]` (`yw_idx_P` for triples).
 
   Returns:
     (slots into the pairs [num], validity [num]; fewer than num real pairs leave unreal slots).
   """
   if num > pairs.where_P.shape[0]:
     raise ValueError(f'num = {num} exceeds the pair capacity {pairs.where_P.shape[0]}.')
-  score_P = jnp.where(pairs.where_P, _sanitise(values_C)[pairs.y_idx_P], -jnp.inf)
+  better_P = pairs.y_idx_P if isinstance(pairs, Pairs) else pairs.yw_idx_P
+  score_P = jnp.where(pairs.where_P, _sanitise(values_C)[better_P], -jnp.inf)
   _, idx_N = jax.lax.top_k(score_P, num)
   return idx_N, pairs.where_P[idx_N]
 

@@ -237,6 +237,16 @@ def test_best_pairs_pick_the_best_better_members():
   assert int(np.asarray(where).sum()) == num_real
 
 
+def test_best_pairs_of_triples_rank_the_chosen_member():
+  seqs, values, valid = _case(8, capacity=60)
+  cfg = pairs.PairConfig(capacity=200)
+  triples = _jitted(pairs.make_triples, cfg)(jax.random.key(2), seqs, values, valid)
+  idx, where = map(np.asarray, pairs.best_pairs(triples, values, 10))
+  assert where.all()
+  real = np.sort(values[np.asarray(triples.yw_idx_P)[np.asarray(triples.where_P)]])[::-1]
+  np.testing.assert_array_equal(values[np.asarray(triples.yw_idx_P)[idx]], real[:10])
+
+
 def test_cap_infeasible_rows():
   values = np.array([-np.inf] * 12 + [0.5] * 18, np.float32)
   valid = np.ones(30, bool)
