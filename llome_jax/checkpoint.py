@@ -2,6 +2,7 @@
 mesh. A step holds the state pytree (Orbax `StandardSave`) and a small JSON metadata dict.
 """
 
+import contextlib
 import gc
 import json
 import logging
@@ -18,7 +19,15 @@ _STATE = 'state'
 _METADATA = 'metadata'
 
 
-def _manager(path: str, *, writer: bool = False, keep: int | None = None) -> ocp.CheckpointManager:
+class _OrbaxInfo(logging.Filter):
+  """Orbax logs a dozen INFO lines per save through absl; its warnings and errors still pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+@contextlib.contextmanager
+def _manager(path: str, *, writer: bool = False, keep: int | None = None):
   """A reader creates and deletes nothing (Orbax's `read_only` would do the same, with warnings)."""
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep,
@@ -28,8 +37,14 @@ def _manager(path: str, *, writer: bool = False, keep: int | None = None) -> ocp
     # Temporary directories of a crashed save are never steps; a writer removes them.
     cleanup_tmp_directories=writer,
   )
-  handlers = {_STATE: ocp.StandardCheckpointHandler(), _METADATA: ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
+  logger, quiet = logging.getLogger('absl'), _OrbaxInfo()
+  logger.addFilter(quiet)
+  try:
+    handlers = {_STATE: ocp.StandardCheckpointHandler(), _METADATA: ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(path, options=options, item_handlers=handlers) as manager:
+      yield manager
+  finally:
+    logger.removeFilter(quiet)
 
 
 def _is_typed_key(leaf) -> bool:
