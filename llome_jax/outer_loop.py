@@ -1,0 +1,373 @@
+"""The LLOME outer loop (SPEC 3): each round trains the policy on pairs among the last labelled
+sequences, runs the inner loop from the best pairs, and labels n of the generations; rounds are a
+`lax.scan` over a fixed-shape `OuterState`, so chunks of rounds run inside one jitted call.
+"""
+
+import dataclasses
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from llome_jax import archive as archive_lib
+from llome_jax import codec as codec_lib
+from llome_jax import inner_loop, labelling, pairs, round_metrics, sharding, train
+from llome_jax import model as model_lib
+from llome_jax.test_functions import ehrlich
+
+SCHEDULES = ('sft', 'marge', 'dpo')
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """Static settings of the loop.
+
+  Attributes:
+    schedule: the objective of every round after the first, which is always SFT (the reference's
+      `num_sft_rounds: 1` then MargE or DPO rounds); 'sft' trains SFT every round.
+    batch_size: rows per optimiser step; every round trains one epoch over its pairs with a fresh
+      optimiser state and schedule, continuing from the last round's weights (as a new trainer per
+      round in the reference).
+    sft_optim, pref_optim: optimiser of SFT rounds and of MargE / DPO rounds.
+    objective: loss hyperparameters (its `name` is set per round).
+    num_seeds: inner-loop seeds, the better members of the best pairs (200 in the reference).
+    temperature_scaling: shift temperatures up when the last round's edits were short (SPEC 3.5).
+    num_calibration_bins: likelihood bins of the calibration diagnostic.
+    first_round_epochs, epochs: epochs over the pairs in round 1 and in later rounds (the reference
+      trains one epoch a round; a small model trained from scratch first has to learn to copy).
+  """
+
+  pairs: pairs.PairConfig
+  inner: inner_loop.InnerLoopConfig
+  select: labelling.SelectConfig
+  schedule: str = 'marge'
+  batch_size: int = 64
+  sft_optim: train.OptimConfig = train.OptimConfig()
+  pref_optim: train.OptimConfig = train.OptimConfig()
+  objective: train.ObjectiveConfig = train.ObjectiveConfig()
+  num_seeds: int = 200
+  temperature_scaling: bool = True
+  num_calibration_bins: int = 10
+  first_round_epochs: int = 1
+  epochs: int = 1
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f'schedule must be one of {SCHEDULES}, got {self.schedule!r}.')
+    if self.batch_size < 1:
+      raise ValueError(f'batch_size must be positive, got {self.batch_size}.')
+    if not 1 <= self.num_seeds <= self.pairs.capacity:
+      raise ValueError(f'num_seeds={self.num_seeds} must lie in [1, pair capacity {self.pairs.capacity}].')
+    if self.first_round_epochs < 1 or self.epochs < 1:
+      raise ValueError('first_round_epochs and epochs must be >= 1.')
+
+  def training_of_round(self, round_index: int) -> tuple[str, int]:
+    """(objective, epochs) of a round: round 1 is SFT for first_round_epochs; later rounds follow the
+    schedule for `epochs` each."""
+    return ('sft', self.first_round_epochs) if round_index <= 1 else (self.schedule, self.epochs)
+
+
+@flax.struct.dataclass
+class OuterState:
+  """Everything a resumed run needs: checkpointing this makes resume equal an uninterrupted run."""
+
+  round: Int[Array, '']  # Rounds completed (0: only the seed data is labelled).
+  key: PRNGKeyArray  # Round r uses fold_in(key, r).
+  params: model_lib.Params
+  labelled_CxL: Int[Array, 'C L']  # The last labelled batch (round 0: the seed data) ...
+  labelled_values_C: Float[Array, ' C']  # ... its f (-inf infeasible) ...
+  labelled_where_C: Bool[Array, ' C']  # ... and its real rows.
+  history: archive_lib.Archive  # Every labelled sequence and its value.
+  best_value: Float[Array, '']
+  best_solution_L: Int[Array, ' L']
+  num_evaluations: Int[Array, '']  # Oracle calls so far, seed data included.
+  cumulative_regret: Float[Array, '']  # Sum over rounds of the best-so-far regret.
+  mean_hamming: Float[Array, '']  # The last round's mean edit distance (drives the temperature shift).
+
+
+def init(
+  key: PRNGKeyArray,
+  params: model_lib.Params,
+  seed_seqs_NxL: Int[Array, 'N L'],
+  seed_values_N: Float[Array, ' N'],
+  seed_evaluations: int,
+  *,
+  capacity: int,
+  history_capacity: int,
+) -> OuterState:
+  """The state before round 1: the seed data (e.g. the GA's unique sequences) is the labelled batch.
+
+  Args:
+    key: the run's randomness.
+    params: the initial policy.
+    seed_seqs_NxL, seed_values_N: the seed data; N <= capacity.
+    seed_evaluations: oracle calls the seed data cost (the GA's evaluations, duplicates included).
+    capacity: rows of the labelled batch, at least max(N, num_labels).
+    history_capacity: rows of the labelled history, at least N + rounds * num_labels.
+  """
+  num_seed, length = seed_seqs_NxL.shape
+  if num_seed > capacity:
+    raise ValueError(f'{num_seed} seed sequences exceed the labelled capacity {capacity}.')
+  pad = capacity - num_seed
+  seqs_CxL = jnp.pad(jnp.asarray(seed_seqs_NxL, jnp.int32), ((0, pad), (0, 0)))
+  values_C = jnp.pad(jnp.asarray(seed_values_N, jnp.float32), (0, pad), constant_values=-jnp.inf)
+  where_C = jnp.arange(capacity) < num_seed
+  best = jnp.argmax(values_C)
+  return OuterState(
+    round=jnp.zeros((), jnp.int32),
+    key=key,
+    params=params,
+    labelled_CxL=seqs_CxL,
+    labelled_values_C=values_C,
+    labelled_where_C=where_C,
+    history=archive_lib.add(archive_lib.init(history_capacity, length), seqs_CxL, values_C, where_C),
+    best_value=values_C[best],
+    best_solution_L=seqs_CxL[best],
+    num_evaluations=jnp.asarray(seed_evaluations, jnp.int32),
+    cumulative_regret=jnp.zeros((), jnp.float32),
+    mean_hamming=jnp.ones((), jnp.float32),
+  )
+
+
+def seed_metrics(state: OuterState) -> dict[str, Array]:
+  """The round-0 row: regret and feasibility of the seed data."""
+  regret, _ = round_metrics.regrets(state.labelled_values_C, state.labelled_where_C, jnp.inf)
+  return {
+    'round': state.round,
+    'num_evaluations': state.num_evaluations,
+    'simple_regret_best': regret,
+    'simple_regret_round': regret,
+    'frac_labelled_feasible': round_metrics.feasible_fraction(
+      state.labelled_values_C, state.labelled_where_C
+    ),
+    'num_labelled': jnp.sum(state.labelled_where_C, dtype=jnp.int32),
+  }
+
+
+def _chunked_logps(graphdef, params, batch: codec_lib.PairBatch, rows: int) -> Array:
+  """Summed target log-probs of every pair, `rows` pairs per forward pass (bounded activations)."""
+  capacity = batch.inputs_BxT.shape[0]
+  rows = min(rows, capacity)
+  groups = -(-capacity // rows)
+
+  def group(x):
+    x = jnp.pad(x, [(0, groups * rows - capacity)] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(groups, rows, *x.shape[1:])
+
+  logps, _ = jax.lax.map(lambda b: train.sequence_logps(graphdef, params, b), jax.tree.map(group, batch))
+  return logps.reshape(-1)[:capacity]
+
+
+def _dataset(key, state: OuterState, *, graphdef, codec, cfg: LoopConfig, objective: str):
+  """This round's training set and the pairs (or triples) it came from, against the frozen reference
+  (the policy as it enters the round)."""
+  seqs, values, where = state.labelled_CxL, state.labelled_values_C, state.labelled_where_C
+  logps = functools.partial(_chunked_logps, graphdef, state.params, rows=cfg.batch_size)
+  if objective == 'dpo':
+    found = pairs.make_triples(key, seqs, values, where, cfg=cfg.pairs)
+    chosen = codec.encode_pairs(seqs[found.x_idx_P], seqs[found.yw_idx_P])
+    rejected = codec.encode_pairs(seqs[found.x_idx_P], seqs[found.yl_idx_P])
+    dataset = train.Batch(
+      pairs=chosen,
+      where_B=found.where_P,
+      ref_logps_B=logps(chosen),
+      rejected=rejected,
+      ref_rejected_logps_B=logps(rejected),
+    )
+    return dataset, found, found.num_candidates
+  found = pairs.make_pairs(key, seqs, values, where, cfg=cfg.pairs)
+  batch = codec.encode_pairs(seqs[found.x_idx_P], seqs[found.y_idx_P])
+  if objective == 'sft':
+    return train.Batch(pairs=batch, where_B=found.where_P), found, found.num_candidates
+  dataset = train.Batch(
+    pairs=batch, where_B=found.where_P, rewards_B=found.rewards_P, ref_logps_B=logps(batch)
+  )
+  return dataset, found, found.num_candidates
+
+
+def _train(key, params, dataset, *, graphdef, cfg: LoopConfig, objective: str, epochs: int):
+  """`epochs` epochs with a fresh optimiser; returns new params and summary metrics."""
+  optimizer = train.make_optimizer(cfg.sft_optim if objective == 'sft' else cfg.pref_optim)
+  step_fn = functools.partial(
+    train.train_step,
+    graphdef=graphdef,
+    optimizer=optimizer,
+    objective=dataclasses.replace(cfg.objective, name=objective),
+  )
+  state = train.init_state(params, optimizer)
+
+  def epoch(state, i):
+    return train.fit_epoch(
+      state, dataset, jax.random.fold_in(key, i), step_fn=step_fn, batch_size=cfg.batch_size
+    )
+
+  state, metrics = jax.lax.scan(epoch, state, jnp.arange(epochs))
+  ran = ~metrics['skipped'] & (metrics['nonfinite'] == 0)
+  return state.params, {
+    'train_loss': jnp.sum(jnp.where(ran, metrics['loss'], 0.0)) / jnp.maximum(jnp.sum(ran), 1),
+    'train_steps': jnp.sum(~metrics['skipped'], dtype=jnp.int32),
+    'train_nonfinite_steps': jnp.sum(metrics['nonfinite'], dtype=jnp.int32),
+  }
+
+
+def _generation_metrics(key, gens: inner_loop.Generations, *, ehrlich_params, shift) -> dict[str, Array]:
+  """Validity, edits and diversity of the pool. f of unlabelled generations is a diagnostic only."""
+  length = gens.outputs_IxRxL.shape[-1]
+  inputs_NxL, outputs_NxL = gens.inputs_IxRxL.reshape(-1, length), gens.outputs_IxRxL.reshape(-1, length)
+  valid_N = gens.valid_IxR.reshape(-1)
+  live_N = jnp.broadcast_to(gens.where_R, gens.valid_IxR.shape).reshape(-1)
+  edits = round_metrics.edit_stats(
+    inputs_NxL,
+    outputs_NxL,
+    ehrlich.evaluate(ehrlich_params, inputs_NxL),
+    ehrlich.evaluate(ehrlich_params, outputs_NxL),
+    valid_N,
+  )
+  diversity = round_metrics.diversity(outputs_NxL, valid_N, key)
+  return {
+    'num_generations': jnp.sum(live_N, dtype=jnp.int32),
+    'frac_generations_valid': jnp.sum(valid_N) / jnp.maximum(jnp.sum(live_N), 1),
+    'mean_edit_hamming': edits.mean_hamming,
+    'frac_copied': edits.copy_fraction,
+    'frac_improved': edits.improved_fraction,
+    'pool_mean_pairwise_hamming': diversity.mean_pairwise_hamming,
+    'pool_num_unique': diversity.num_unique,
+    'temperature_shift': shift,
+  }
+
+
+def _seeds(state: OuterState, found, num_seeds: int) -> tuple[Int[Array, 'S L'], Bool[Array, ' S']]:
+  """The better members of the best pairs; when there are fewer pairs than seeds, the best feasible
+  labelled sequences so far fill the remaining slots (the reference would have no seeds left)."""
+  seed_idx_S, from_pairs_S = pairs.best_pairs(found, state.labelled_values_C, num_seeds)
+  better_P = found.y_idx_P if isinstance(found, pairs.Pairs) else found.yw_idx_P
+  pair_seeds_SxL = state.labelled_CxL[better_P[seed_idx_S]]
+  history = state.history
+  stored_values = jnp.where(jnp.arange(history.capacity) < history.count, history.values_C, -jnp.inf)
+  top_values, top_idx = jax.lax.top_k(stored_values, min(num_seeds, history.capacity))
+  num_from_pairs = jnp.sum(from_pairs_S, dtype=jnp.int32)
+  fill_S = jnp.clip(jnp.arange(num_seeds) - num_from_pairs, 0, top_idx.shape[0] - 1)
+  fill_where_S = (jnp.arange(num_seeds) - num_from_pairs < top_idx.shape[0]) & (top_values[fill_S] > -jnp.inf)
+  seeds_SxL = jnp.where(from_pairs_S[:, None], pair_seeds_SxL, history.sequences_CxL[top_idx[fill_S]])
+  return seeds_SxL.astype(jnp.int32), from_pairs_S | fill_where_S
+
+
+def round_step(
+  state: OuterState,
+  *,
+  graphdef: nnx.GraphDef,
+  ehrlich_params: ehrlich.EhrlichParams,
+  codec: codec_lib.CompactCodec,
+  cfg: LoopConfig,
+  objective: str,
+  epochs: int,
+) -> tuple[OuterState, tuple[dict[str, Array], labelling.Selection, Array]]:
+  """One round: pairs -> `epochs` epochs of `objective` -> inner loop -> label selection -> oracle.
+
+  The only oracle calls that the algorithm sees are on the selected sequences; f of the other
+  generations enters `frac_improved` alone, a logged diagnostic.
+
+  Returns:
+    The new state, and (metrics, the selection, the selected sequences' values).
+  """
+  round_key = jax.random.fold_in(state.key, state.round + 1)
+  pair_key, train_key, inner_key, select_key, diversity_key = jax.random.split(round_key, 5)
+
+  # ------------------------------------------------------------------ Train on pairs.
+  dataset, found, num_candidates = _dataset(
+    pair_key, state, graphdef=graphdef, codec=codec, cfg=cfg, objective=objective
+  )
+  params, metrics = _train(
+    train_key, state.params, dataset, graphdef=graphdef, cfg=cfg, objective=objective, epochs=epochs
+  )
+  metrics |= {'num_pairs': jnp.sum(found.where_P, dtype=jnp.int32), 'num_pair_candidates': num_candidates}
+
+  # ------------------------------------------------------------------ Inner loop, no oracle.
+  seeds_SxL, seed_where_S = _seeds(state, found, cfg.num_seeds)
+  shift = inner_loop.collapse_shift(state.mean_hamming) if cfg.temperature_scaling else jnp.float32(0.0)
+  gens = inner_loop.run(
+    inner_key, graphdef, params, seeds_SxL, seed_where_S, shift, codec=codec, cfg=cfg.inner
+  )
+  metrics |= _generation_metrics(diversity_key, gens, ehrlich_params=ehrlich_params, shift=shift)
+
+  # ------------------------------------------------------------------ Label n generations.
+  length = seeds_SxL.shape[-1]
+  selection = labelling.select(
+    select_key,
+    gens.outputs_IxRxL.reshape(-1, length),
+    gens.mean_logp_IxR.reshape(-1),
+    gens.valid_IxR.reshape(-1),
+    state.history,
+    cfg=cfg.select,
+  )
+  values_N = jnp.where(selection.where_N, ehrlich.evaluate(ehrlich_params, selection.seqs_NxL), -jnp.inf)
+  num_labelled = jnp.sum(selection.where_N, dtype=jnp.int32)
+  regret_round, regret_best = round_metrics.regrets(
+    values_N, selection.where_N, 1.0 - jnp.maximum(state.best_value, 0.0)
+  )
+  calibration = round_metrics.calibration(
+    selection.likelihood_N, values_N, selection.where_N, num_bins=cfg.num_calibration_bins
+  )
+  best = jnp.argmax(values_N)
+  improved = values_N[best] > state.best_value
+  pad = state.labelled_CxL.shape[0] - values_N.shape[0]
+  new_state = state.replace(
+    round=state.round + 1,
+    params=params,
+    labelled_CxL=jnp.pad(selection.seqs_NxL, ((0, pad), (0, 0))),
+    labelled_values_C=jnp.pad(values_N, (0, pad), constant_values=-jnp.inf),
+    labelled_where_C=jnp.pad(selection.where_N, (0, pad)),
+    history=archive_lib.add(state.history, selection.seqs_NxL, values_N, selection.where_N),
+    best_value=jnp.where(improved, values_N[best], state.best_value),
+    best_solution_L=jnp.where(improved, selection.seqs_NxL[best], state.best_solution_L),
+    num_evaluations=state.num_evaluations + num_labelled,
+    cumulative_regret=state.cumulative_regret + regret_best,
+    mean_hamming=jnp.where(metrics['num_generations'] > 0, metrics['mean_edit_hamming'], state.mean_hamming),
+  )
+  metrics |= {
+    'round': new_state.round,
+    'num_evaluations': new_state.num_evaluations,
+    'simple_regret_best': regret_best,
+    'simple_regret_round': regret_round,
+    'cumulative_regret': new_state.cumulative_regret,
+    'num_labelled': num_labelled,
+    'frac_labelled_feasible': round_metrics.feasible_fraction(values_N, selection.where_N),
+    'num_pool_unique': selection.num_unique,
+    'num_label_eligible': selection.num_eligible,
+    'likelihood_threshold': selection.threshold,
+    'calibration_spearman': calibration.spearman,
+    'calibration_bin_likelihood': calibration.bin_mean_likelihood,
+    'calibration_bin_reward': calibration.bin_mean_reward,
+    'calibration_bin_count': calibration.bin_count,
+  }
+  return new_state, (metrics, selection, values_N)
+
+
+def run_rounds(state: OuterState, *, num_rounds: int, **round_kwargs):
+  """`num_rounds` rounds of `round_step` (same objective) in one `lax.scan`; outputs stacked per round."""
+  return jax.lax.scan(lambda s, _: round_step(s, **round_kwargs), state, length=num_rounds)
+
+
+def state_shardings(state: OuterState, mesh, *, fsdp: bool = True) -> OuterState:
+  """Parameters by the rules of `sharding.param_shardings`; the rest (small buffers) replicated."""
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+  return shardings.replace(params=sharding.param_shardings(state.params, mesh, fsdp=fsdp))
+
+
+def jit_run_rounds(state_sh: OuterState, mesh, **kwargs):
+  """`run_rounds` jitted at the edge with explicit shardings, the state donated; `num_rounds`,
+  `objective` and `epochs` static (one compilation per distinct triple)."""
+  replicated = sharding.replicated(mesh)
+
+  @functools.cache
+  def compiled(num_rounds: int, objective: str, epochs: int):
+    fn = functools.partial(run_rounds, num_rounds=num_rounds, objective=objective, epochs=epochs, **kwargs)
+    return jax.jit(fn, in_shardings=(state_sh,), out_shardings=(state_sh, replicated), donate_argnums=0)
+
+  def run(state: OuterState, num_rounds: int, objective: str, epochs: int):
+    return compiled(num_rounds, objective, epochs)(state)
+
+  return run

@@ -1,0 +1,174 @@
+"""Tests for llome_jax.outer_loop on a tiny sampled Ehrlich function and the tiny policy: oracle
+accounting, every objective, chunking invariance (what resume relies on) and the seed fallback."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llome_jax import archive, ga, inner_loop, labelling, outer_loop, pairs, sharding, train
+from llome_jax import codec as codec_lib
+from llome_jax import model as model_lib
+from llome_jax.test_functions import ehrlich
+
+_LENGTH, _STATES = 10, 6
+
+
+@pytest.fixture(scope='module')
+def problem():
+  key = jax.random.key(0)
+  params = ehrlich.sample_params(
+    key, num_states=_STATES, dim=_LENGTH, num_motifs=2, motif_length=2, quantization=2, epistasis_factor=0.0
+  )
+  initial = ehrlich.initial_solution(jax.random.fold_in(key, 1), params, _LENGTH)[0]
+  ga_cfg = ga.GAConfig(
+    num_particles=64,
+    num_states=_STATES,
+    mutation_prob=0.1,
+    recombine_prob=0.1,
+    survival_quantile=0.25,
+    archive_capacity=256,
+  )
+  state, _ = ga.run(
+    key,
+    ga.init(initial, cfg=ga_cfg),
+    objective=functools.partial(ehrlich.evaluate, params),
+    cfg=ga_cfg,
+    num_steps=3,
+  )
+  seqs, values = archive.contents(state.archive)
+  codec = codec_lib.CompactCodec(_STATES, _LENGTH)
+  graphdef, model_params = model_lib.init(
+    model_lib.preset('tiny', vocab_size=codec.vocab_size), jax.random.key(1)
+  )
+  cfg = outer_loop.LoopConfig(
+    pairs=pairs.PairConfig(capacity=128),
+    inner=inner_loop.InnerLoopConfig(num_iterations=2, temperatures=(0.8, 1.3), samples_per_temperature=2),
+    select=labelling.SelectConfig(num_labels=24),
+    batch_size=32,
+    num_seeds=6,
+    sft_optim=train.OptimConfig(learning_rate=3e-3),
+    pref_optim=train.OptimConfig(learning_rate=1e-3),
+    objective=train.ObjectiveConfig(dpo_beta=0.4),
+  )
+  state = outer_loop.init(
+    jax.random.key(2),
+    model_params,
+    seqs,
+    values,
+    192,
+    capacity=max(len(values), 24),
+    history_capacity=len(values) + 4 * 24,
+  )
+  mesh = sharding.make_mesh(1)
+  run = outer_loop.jit_run_rounds(
+    outer_loop.state_shardings(state, mesh),
+    mesh,
+    graphdef=graphdef,
+    ehrlich_params=params,
+    codec=codec,
+    cfg=cfg,
+  )
+  return dict(params=params, seqs=seqs, values=values, state=state, run=run, cfg=cfg)
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)  # The jitted rounds donate their input state.
+
+
+def test_init_holds_the_seed_data(problem):
+  state, seqs, values = problem['state'], problem['seqs'], problem['values']
+  n = len(values)
+  np.testing.assert_array_equal(np.asarray(state.labelled_CxL[:n]), seqs)
+  np.testing.assert_array_equal(np.asarray(state.labelled_values_C[:n]), values)
+  assert int(state.labelled_where_C.sum()) == n == int(state.history.count)
+  assert float(state.best_value) == values.max()
+  assert float(ehrlich.evaluate(problem['params'], state.best_solution_L)) == values.max()
+  metrics = outer_loop.seed_metrics(state)
+  assert int(metrics['num_evaluations']) == 192
+  np.testing.assert_allclose(float(metrics['simple_regret_best']), 1.0 - max(values.max(), 0.0))
+
+
+def test_sft_round_pays_the_oracle_only_for_new_labelled_sequences(problem):
+  before = _copy(problem['state']).replace(mean_hamming=jnp.float32(0.05))  # Collapsed: shift +0.6.
+  state, (metrics, selection, values) = problem['run'](_copy(before), 1, 'sft', 1)
+  metrics, selection, values = jax.tree.map(lambda x: np.asarray(x[0]), (metrics, selection, values))
+  where = selection.where_N
+  labelled = selection.seqs_NxL[where]
+  num = int(where.sum())
+  assert 0 < num <= 24 and metrics['num_labelled'] == num
+  assert int(state.num_evaluations) == int(before.num_evaluations) + num == metrics['num_evaluations']
+  np.testing.assert_array_equal(values[where], np.asarray(ehrlich.evaluate(problem['params'], labelled)))
+  # Distinct, and none of them labelled before.
+  assert len({tuple(r) for r in labelled.tolist()}) == num
+  assert not np.asarray(archive.contains(before.history, labelled)).any()
+  assert int(state.history.count) == int(before.history.count) + num
+  # The next round trains on exactly this batch.
+  np.testing.assert_array_equal(np.asarray(state.labelled_CxL)[:24][where], labelled)
+  assert int(state.labelled_where_C.sum()) == num
+  # Regrets: best-so-far is the better of the seed data's and this round's.
+  round_regret = 1.0 - max(float(np.max(np.where(where, values, 0.0))), 0.0)
+  np.testing.assert_allclose(metrics['simple_regret_round'], round_regret, rtol=1e-6)
+  np.testing.assert_allclose(
+    metrics['simple_regret_best'], min(round_regret, 1.0 - max(float(before.best_value), 0.0)), rtol=1e-6
+  )
+  assert float(state.best_value) == max(float(before.best_value), float(values.max()))
+  # It trained, on real pairs, and shifted the temperatures against collapse.
+  assert metrics['num_pairs'] > 0 and metrics['train_steps'] > 0 and np.isfinite(metrics['train_loss'])
+  assert metrics['train_nonfinite_steps'] == 0
+  assert not np.allclose(
+    np.asarray(state.params['embed_in']['embedding']), np.asarray(before.params['embed_in']['embedding'])
+  )
+  assert metrics['temperature_shift'] == pytest.approx(0.6)
+  assert metrics['frac_generations_valid'] == 1.0
+  assert float(state.mean_hamming) == pytest.approx(float(metrics['mean_edit_hamming']))
+  assert int(state.round) == 1
+
+
+@pytest.mark.parametrize('objective', ['marge', 'dpo'])
+def test_preference_rounds_train_against_the_entering_policy(problem, objective):
+  state, (metrics, _, _) = problem['run'](_copy(problem['state']), 1, objective, 1)
+  metrics = jax.tree.map(lambda x: np.asarray(x[0]), metrics)
+  assert metrics['num_pairs'] > 0 and metrics['train_steps'] > 0
+  assert np.isfinite(metrics['train_loss']) and metrics['train_nonfinite_steps'] == 0
+  before = problem['state'].params['embed_out']['kernel']
+  assert not np.allclose(np.asarray(state.params['embed_out']['kernel']), np.asarray(before))
+
+
+def test_two_rounds_in_one_chunk_equal_two_chunks(problem):
+  """Chunk boundaries (where checkpoints go) do not change the run: resume relies on it."""
+  run = problem['run']
+  together, (metrics_2, _, values_2) = run(_copy(problem['state']), 2, 'marge', 1)
+  first, (metrics_a, _, values_a) = run(_copy(problem['state']), 1, 'marge', 1)
+  second, (metrics_b, _, values_b) = run(first, 1, 'marge', 1)
+  chex.assert_trees_all_equal(jax.device_get(together), jax.device_get(second))
+  stacked = jax.tree.map(
+    lambda a, b: np.concatenate([a, b]), jax.device_get(metrics_a), jax.device_get(metrics_b)
+  )
+  chex.assert_trees_all_equal(jax.device_get(metrics_2), stacked)
+  np.testing.assert_array_equal(np.asarray(values_2), np.concatenate([values_a, values_b]))
+
+
+def test_seeds_fall_back_to_the_best_labelled_sequences(problem):
+  state = problem['state']
+  capacity = 8
+  some = pairs.Pairs(
+    x_idx_P=jnp.array([0, 1] + [0] * 6, jnp.int32),
+    y_idx_P=jnp.array([2, 3] + [0] * 6, jnp.int32),
+    where_P=jnp.arange(capacity) < 2,
+    rewards_P=jnp.zeros(capacity),
+    num_candidates=jnp.int32(2),
+    num_infeasible_candidates=jnp.int32(0),
+  )
+  seeds, where = outer_loop._seeds(state, some, 5)
+  seeds, where = np.asarray(seeds), np.asarray(where)
+  assert where.all()
+  labelled, values = np.asarray(state.labelled_CxL), np.asarray(state.labelled_values_C)
+  # The two real pairs' better members first, best first, then the best labelled sequences overall.
+  order = sorted([2, 3], key=lambda i: -values[i])
+  np.testing.assert_array_equal(seeds[:2], labelled[order])
+  best = np.argsort(-np.asarray(state.history.values_C)[: int(state.history.count)], kind='stable')[:3]
+  np.testing.assert_array_equal(seeds[2:], np.asarray(state.history.sequences_CxL)[best])
