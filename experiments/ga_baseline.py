@@ -18,53 +18,16 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import common
 from experiments.configs import ga_ehrlich
 from llome_jax import archive, configs, ga, metrics_io, sharding
-from llome_jax.test_functions import ehrlich, instances
+from llome_jax.test_functions import ehrlich
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the outputs (must not hold a finished run).')
 _DISTRIBUTED = flags.DEFINE_bool(
   'distributed', False, 'Multi-host: call jax.distributed.initialize() first (run on every host).'
 )
-_DEFAULT_ARCHIVE_LIMIT = 100_000
-
-
-def resolve_test_function(tf_config: ml_collections.ConfigDict):
-  """Returns (params, dim, initial_solution) for a shipped instance or a sampled one."""
-  if tf_config.name:
-    instance = instances.load_instance(tf_config.name, tf_config.instance_file or None)
-    initial = instance.initial_solution
-    if initial is None:
-      initial = ehrlich.initial_solution(jax.random.key(tf_config.seed), instance.params, instance.dim)[0]
-    return instance.params, instance.dim, np.asarray(initial)
-  key = jax.random.key(tf_config.seed)
-  params = ehrlich.sample_params(
-    key,
-    num_states=tf_config.num_states,
-    dim=tf_config.dim,
-    num_motifs=tf_config.num_motifs,
-    motif_length=tf_config.motif_length,
-    quantization=tf_config.quantization,
-    epistasis_factor=tf_config.epistasis_factor,
-  )
-  initial = ehrlich.initial_solution(jax.random.fold_in(key, 1), params, tf_config.dim)[0]
-  return params, tf_config.dim, np.asarray(initial)
-
-
-def make_ga_config(ga_config: ml_collections.ConfigDict, num_states: int, dim: int) -> ga.GAConfig:
-  capacity = ga_config.archive_capacity
-  if capacity is None:
-    capacity = min(ga_config.num_particles * ga_config.num_steps, _DEFAULT_ARCHIVE_LIMIT)
-  recombine_prob = ga_config.recombine_prob
-  return ga.GAConfig(
-    num_particles=ga_config.num_particles,
-    num_states=num_states,
-    mutation_prob=ga_config.mutation_prob,
-    recombine_prob=1.1 / dim if recombine_prob is None else recombine_prob,
-    survival_quantile=ga_config.survival_quantile,
-    archive_capacity=capacity,
-  )
 
 
 def _prepare_workdir(workdir: str) -> pathlib.Path:
@@ -79,8 +42,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the GA and writes its outputs; returns the final summary (also written as best.json)."""
   configs.validate(config, ga_ehrlich.get_config())
   # ---------------------------------------------------------------- Setup.
-  params, dim, initial_solution = resolve_test_function(config.test_function)
-  cfg = make_ga_config(config.ga, params.num_states, dim)
+  params, dim, initial_solution = common.resolve_test_function(config.test_function)
+  cfg = common.make_ga_config(config.ga, params.num_states, dim)
   num_steps = ga.num_steps_for_budget(cfg, config.ga.num_steps, config.ga.max_evaluations)
   if num_steps < 1:
     raise ValueError(
