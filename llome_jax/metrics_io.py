@@ -41,8 +41,16 @@ def write_json(path: pathlib.Path, obj) -> None:
   os.replace(tmp, path)
 
 
-def plot_regret(rows: list[dict], path: pathlib.Path, *, title: str) -> None:
-  """Best-so-far simple regret against cumulative oracle calls (log-x), as the LLOME paper plots it."""
+def plot_regret(
+  rows: list[dict],
+  path: pathlib.Path,
+  *,
+  title: str,
+  last_key: str = 'simple_regret_last',
+  last_label: str = 'this generation',
+) -> None:
+  """Best-so-far simple regret against cumulative oracle calls (log-x), as the LLOME paper plots it,
+  with `last_key` (the regret of each generation or round alone) beside it."""
   import matplotlib
 
   matplotlib.use('Agg')
@@ -51,7 +59,7 @@ def plot_regret(rows: list[dict], path: pathlib.Path, *, title: str) -> None:
   evaluations = [row['num_evaluations'] for row in rows]
   fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
   ax.plot(evaluations, [row['simple_regret_best'] for row in rows], label='best so far')
-  ax.plot(evaluations, [row['simple_regret_last'] for row in rows], alpha=0.5, label='this generation')
+  ax.plot(evaluations, [row[last_key] for row in rows], alpha=0.5, label=last_label)
   ax.set_xscale('log')
   ax.set_ylim(-0.02, 1.02)
   ax.set_xlabel('oracle calls')

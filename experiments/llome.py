@@ -1,0 +1,366 @@
+r"""LLOME on an Ehrlich function: GA seed data, then rounds of train -> inner loop -> label.
+
+  python -m experiments.llome --config=experiments/configs/smoke.py --workdir=runs/smoke \
+      --config.outer.num_rounds=5
+
+Writes to workdir: config.json; metrics.jsonl (round 0 is the seed data, then one object per round);
+seed_data.npz; labelled/round_NNNN.npz (each round's labelled sequences, values and likelihoods);
+best.json; regret.png; checkpoints/ (Orbax, the whole loop state). Rerunning on the same workdir
+resumes from the last checkpoint and ends as an uninterrupted run would; a workdir holding another
+config is refused unless --overwrite is given.
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+import shutil
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import common
+from experiments.configs import llome_defaults
+from llome_jax import archive as archive_lib
+from llome_jax import (
+  checkpoint,
+  configs,
+  ga,
+  inner_loop,
+  labelling,
+  metrics_io,
+  outer_loop,
+  pairs,
+  sharding,
+  train,
+)
+from llome_jax import codec as codec_lib
+from llome_jax import model as model_lib
+from llome_jax.test_functions import ehrlich
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for outputs and checkpoints.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete a workdir that holds another config, then run.')
+_STOP_AFTER = flags.DEFINE_integer(
+  'stop_after_round', None, 'Stop cleanly after this round (pre-emptible machines); rerun to resume.'
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+  'distributed', False, 'Multi-host: call jax.distributed.initialize() first (run on every host).'
+)
+_OUTPUTS = ('metrics.jsonl', 'seed_data.npz', 'best.json', 'regret.png', 'labelled', 'checkpoints')
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything static that a run derives from its config, built before any work starts."""
+
+  ehrlich_params: ehrlich.EhrlichParams
+  initial_solution: np.ndarray
+  ga_cfg: ga.GAConfig
+  ga_steps: int
+  codec: codec_lib.CompactCodec
+  model_cfg: model_lib.ModelConfig
+  loop_cfg: outer_loop.LoopConfig
+
+
+def _optim(section: ml_collections.ConfigDict) -> train.OptimConfig:
+  return train.OptimConfig(**section.to_dict())
+
+
+def build_setup(config: ml_collections.ConfigDict) -> Setup:
+  """Validates the config (keys and values) and builds the static settings; raises ValueError."""
+  configs.validate(config, llome_defaults.get_config())
+  if config.rounds_per_chunk < 1 or config.keep_checkpoints < 1:
+    raise ValueError('rounds_per_chunk and keep_checkpoints must be >= 1.')
+  if config.outer.num_rounds < 1:
+    raise ValueError(f'outer.num_rounds must be >= 1, got {config.outer.num_rounds}.')
+  params, dim, initial = common.resolve_test_function(config.test_function)
+  ga_cfg = common.make_ga_config(config.ga, params.num_states, dim)
+  ga_steps = ga.num_steps_for_budget(ga_cfg, config.ga.num_steps, config.ga.max_evaluations)
+  if ga_steps < 1 or not ga_cfg.archive_capacity:
+    raise ValueError('The seed GA must run at least one generation and keep an archive (archive_capacity).')
+  codec = codec_lib.CompactCodec(params.num_states, dim)
+  overrides = {k: v for k, v in config.model.to_dict().items() if k != 'preset' and v is not None}
+  model_cfg = model_lib.preset(config.model.preset, vocab_size=codec.vocab_size, **overrides)
+  if codec.prompt_len + codec.max_target_len + 1 > model_cfg.max_len:
+    raise ValueError(f'model.max_len {model_cfg.max_len} is too short for L = {dim}.')
+  inner = inner_loop.InnerLoopConfig(**config.inner.to_dict())
+  outer = config.outer
+  loop_cfg = outer_loop.LoopConfig(
+    pairs=pairs.PairConfig(**config.pairs.to_dict()),
+    inner=inner,
+    select=labelling.SelectConfig(num_labels=outer.num_labels, likelihood_quantile=outer.likelihood_quantile),
+    schedule=outer.schedule,
+    batch_size=config.train.batch_size,
+    sft_optim=_optim(config.train.sft),
+    pref_optim=_optim(config.train.pref),
+    objective=train.ObjectiveConfig(
+      dpo_beta=config.train.dpo_beta,
+      dpo_label_smoothing=config.train.dpo_label_smoothing,
+      marge_alpha=config.train.marge_alpha,
+      marge_beta=config.train.marge_beta,
+      marge_self_normalize=config.train.marge_self_normalize,
+    ),
+    num_seeds=outer.num_seeds,
+    temperature_scaling=outer.temperature_scaling,
+    num_calibration_bins=outer.num_calibration_bins,
+    first_round_epochs=config.train.first_round_epochs,
+    epochs=config.train.epochs,
+  )
+  pool = inner.num_iterations * outer.num_seeds * inner.rows_per_seed
+  if outer.num_labels > pool:
+    raise ValueError(
+      f'outer.num_labels={outer.num_labels} exceeds the pool of {pool} generations per round '
+      f'(inner.num_iterations x outer.num_seeds x decoding settings per seed).'
+    )
+  return Setup(params, initial, ga_cfg, ga_steps, codec, model_cfg, loop_cfg)
+
+
+def _prepare_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict, overwrite: bool) -> None:
+  """Refuses (or with `overwrite` clears) a workdir that holds another config; records this one."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  config_path = workdir / 'config.json'
+  wanted = json.loads(json.dumps(config.to_dict()))  # Tuples as lists, as they read back.
+  if config_path.exists():
+    try:
+      held = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+      raise ValueError(
+        f'{config_path} is not valid JSON ({error}); pass --overwrite to start afresh.'
+      ) from None
+    if held != wanted:
+      if not overwrite:
+        changed = sorted(k for k in set(held) | set(wanted) if held.get(k) != wanted.get(k))
+        raise FileExistsError(
+          f'{workdir} holds a run with another config (sections differing: {changed}); '
+          'choose another workdir or pass --overwrite to delete it.'
+        )
+      for name in _OUTPUTS:
+        path = workdir / name
+        if path.is_dir():
+          shutil.rmtree(path)
+        elif path.exists():
+          path.unlink()
+  metrics_io.write_json(config_path, wanted)
+
+
+def _seed_data(setup: Setup, config, mesh) -> tuple[np.ndarray, np.ndarray, int]:
+  """Runs the seed GA; returns its unique sequences, their values and its oracle calls."""
+  sharding.check_divisible(mesh, setup.ga_cfg.num_particles, 'ga.num_particles')
+  objective = sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, setup.ehrlich_params))
+  state = ga.init(setup.initial_solution, cfg=setup.ga_cfg)
+  state = jax.device_put(state, sharding.ga_state_shardings(mesh, state))
+  run = jax.jit(
+    lambda key, state: ga.run(key, state, objective=objective, cfg=setup.ga_cfg, num_steps=setup.ga_steps)[0]
+  )
+  state = run(jax.random.fold_in(jax.random.key(config.seed), 0), state)
+  seqs, values = archive_lib.contents(state.archive)
+  return seqs, values, int(state.num_evaluations)
+
+
+def _initial_state(setup: Setup, config, seeds):
+  """The policy and the state before round 1; shapes independent of the mesh, so 1 device equals 8."""
+  seqs, values, num_evaluations = seeds
+  key = jax.random.key(config.seed)
+  num_labels = setup.loop_cfg.select.num_labels
+  capacity = max(len(values), num_labels)
+  graphdef, params = model_lib.init(setup.model_cfg, jax.random.fold_in(key, 1))
+  return graphdef, outer_loop.init(
+    jax.random.fold_in(key, 2),
+    params,
+    seqs,
+    values,
+    num_evaluations,
+    capacity=capacity,
+    history_capacity=len(values) + config.outer.num_rounds * num_labels,
+  )
+
+
+def _chunks(loop_cfg: outer_loop.LoopConfig, start: int, stop: int, per_chunk: int):
+  """(first round, number of rounds, (objective, epochs)) of each jitted chunk; a chunk never mixes
+  trainings."""
+  round_index = start + 1
+  while round_index <= stop:
+    training = loop_cfg.training_of_round(round_index)
+    length = 1
+    while (
+      length < per_chunk
+      and round_index + length <= stop
+      and loop_cfg.training_of_round(round_index + length) == training
+    ):
+      length += 1
+    yield round_index, length, training
+    round_index += length
+
+
+def _rows(metrics: dict, num_rounds: int) -> list[dict]:
+  rows = []
+  for i in range(num_rounds):
+    row = {k: (v[i].tolist() if np.ndim(v[i]) else v[i]) for k, v in metrics.items()}
+    rows.append(metrics_io.plain_row(row))
+  return rows
+
+
+def _write_outputs(workdir: pathlib.Path, state, rows: list[dict], title: str) -> dict:
+  summary = {
+    'best_solution': np.asarray(state.best_solution_L).astype(int).tolist(),
+    'best_value': float(state.best_value),
+    'simple_regret_best': rows[-1]['simple_regret_best'],
+    'num_evaluations': int(state.num_evaluations),
+    'num_rounds': int(state.round),
+  }
+  metrics_io.write_json(workdir / 'best.json', summary)
+  metrics_io.plot_regret(
+    rows, workdir / 'regret.png', title=title, last_key='simple_regret_round', last_label='this round'
+  )
+  return summary
+
+
+def _save_labelled(workdir: pathlib.Path, first_round: int, selection, values) -> None:
+  directory = workdir / 'labelled'
+  directory.mkdir(exist_ok=True)
+  for i in range(values.shape[0]):
+    where = selection.where_N[i]
+    path = directory / f'round_{first_round + i:04d}.npz'
+    tmp = path.with_name(path.stem + '.tmp.npz')
+    np.savez(
+      tmp,
+      sequences=selection.seqs_NxL[i][where],
+      values=values[i][where],
+      likelihoods=selection.likelihood_N[i][where],
+    )
+    tmp.replace(path)
+
+
+def _resume_rows(metrics_path: pathlib.Path, completed: int) -> list[dict]:
+  """The metrics rows of rounds 0..completed, dropping rows a crash left past the last checkpoint."""
+  rows = metrics_io.read_jsonl(metrics_path) if metrics_path.exists() else []
+  rows = [row for row in rows if row['round'] <= completed]
+  if [row['round'] for row in rows] != list(range(completed + 1)):
+    raise ValueError(
+      f'{metrics_path} does not hold rounds 0..{completed} of the checkpoint; pass --overwrite to start afresh.'
+    )
+  return rows
+
+
+def _rewrite_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.unlink(missing_ok=True)
+  metrics_io.append_jsonl(tmp, rows)
+  tmp.replace(path)
+
+
+def run_experiment(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  overwrite: bool = False,
+  stop_after_round: int | None = None,
+) -> dict:
+  """Runs (or resumes) LLOME and writes its outputs; returns the summary written as best.json."""
+  # ---------------------------------------------------------------- Setup: every check before any work.
+  setup = build_setup(config)
+  mesh = sharding.make_mesh(config.num_devices)
+  workdir = pathlib.Path(workdir)
+  _prepare_workdir(workdir, config, overwrite)
+  seeds = _seed_data(setup, config, mesh)
+  graphdef, state = _initial_state(setup, config, seeds)
+  state_sh = outer_loop.state_shardings(state, mesh, fsdp=config.fsdp)
+  checkpoints, metrics_path = workdir / 'checkpoints', workdir / 'metrics.jsonl'
+  if checkpoint.latest_step(checkpoints) is not None:
+    state, _ = checkpoint.restore(checkpoints, checkpoint.abstract_like(state, state_sh))
+    rows = _resume_rows(metrics_path, int(state.round))
+    logging.info('Resuming %s after round %d.', workdir, int(state.round))
+  else:
+    state = jax.device_put(state, state_sh)
+    rows = [metrics_io.plain_row(jax.device_get(outer_loop.seed_metrics(state)))]
+    np.savez(workdir / 'seed_data.npz', sequences=seeds[0], values=seeds[1])
+  _rewrite_jsonl(metrics_path, rows)
+
+  # ---------------------------------------------------------------- Rounds.
+  run = outer_loop.jit_run_rounds(
+    state_sh,
+    mesh,
+    graphdef=graphdef,
+    ehrlich_params=setup.ehrlich_params,
+    codec=setup.codec,
+    cfg=setup.loop_cfg,
+  )
+  stop = (
+    config.outer.num_rounds if stop_after_round is None else min(stop_after_round, config.outer.num_rounds)
+  )
+  logging.info(
+    'LLOME (%s): rounds %d..%d of %d, %d labels each, L=%d, v=%d, %d devices.',
+    setup.loop_cfg.schedule,
+    int(state.round) + 1,
+    stop,
+    config.outer.num_rounds,
+    setup.loop_cfg.select.num_labels,
+    setup.codec.length,
+    setup.codec.num_states,
+    mesh.size,
+  )
+  for first, length, (objective, epochs) in _chunks(
+    setup.loop_cfg, int(state.round), stop, config.rounds_per_chunk
+  ):
+    start = time.perf_counter()
+    state, (metrics, selection, values) = run(state, length, objective, epochs)
+    metrics, selection, values = jax.device_get((metrics, selection, values))
+    train.check_finite(
+      {'nonfinite': metrics['train_nonfinite_steps']}, f'rounds {first}..{first + length - 1}'
+    )
+    _save_labelled(workdir, first, selection, values)
+    new_rows = _rows(metrics, length)
+    metrics_io.append_jsonl(metrics_path, new_rows)
+    rows.extend(new_rows)
+    checkpoint.save(
+      checkpoints, int(state.round), state, metadata={'round': int(state.round)}, keep=config.keep_checkpoints
+    )
+    seconds = time.perf_counter() - start
+    metrics_io.append_jsonl(
+      workdir / 'timings.jsonl', [{'first_round': first, 'rounds': length, 'seconds': seconds}]
+    )
+    last = new_rows[-1]
+    logging.info(
+      'round %d/%d (%s)  evaluations %d  regret best %.4f  round %.4f  edit %.3f  valid %.2f  (%.1f s)',
+      last['round'],
+      config.outer.num_rounds,
+      objective,
+      last['num_evaluations'],
+      last['simple_regret_best'],
+      last['simple_regret_round'],
+      last['mean_edit_hamming'],
+      last['frac_generations_valid'],
+      seconds,
+    )
+
+  # ---------------------------------------------------------------- Outputs.
+  title = f'LLOME-{setup.loop_cfg.schedule.upper()}, {config.test_function.name or "sampled"} Ehrlich'
+  summary = _write_outputs(workdir, state, rows, title)
+  logging.info(
+    'Best value %.4f after %d evaluations; outputs in %s',
+    summary['best_value'],
+    summary['num_evaluations'],
+    workdir,
+  )
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  workdir = _WORKDIR.value
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()  # Coordinator and process ids from the environment (TPU pods, SLURM).
+    if jax.process_index() > 0:  # Every host runs the same program; each writes to its own directory.
+      workdir = str(pathlib.Path(workdir) / f'process_{jax.process_index()}')
+  run_experiment(_CONFIG.value, workdir, overwrite=_OVERWRITE.value, stop_after_round=_STOP_AFTER.value)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)

@@ -1,0 +1,157 @@
+"""End-to-end tests of the LLOME binary's `run_experiment` on the smoke config: outputs, oracle
+accounting, resume equals an uninterrupted run, 1 device equals 8, and errors before any work."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import llome
+from experiments.configs import smoke
+from llome_jax import metrics_io
+from llome_jax.test_functions import ehrlich
+
+pytestmark = pytest.mark.slow
+
+
+def _config(**top):
+  config = smoke.get_config()
+  config.update(top)
+  return config
+
+
+def _rows(workdir):
+  return metrics_io.read_jsonl(workdir / 'metrics.jsonl')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """The smoke run on all 8 devices, once for the module."""
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  summary = llome.run_experiment(_config(), str(workdir))
+  return workdir, summary
+
+
+def test_outputs_and_oracle_accounting(uninterrupted):
+  workdir, summary = uninterrupted
+  config = _config()
+  rows = _rows(workdir)
+  assert [row['round'] for row in rows] == [0, 1, 2, 3]
+  seed = np.load(workdir / 'seed_data.npz')
+  ga_calls = config.ga.num_particles * config.ga.num_steps
+  assert rows[0]['num_evaluations'] == ga_calls
+  assert rows[0]['num_labelled'] == len(seed['values'])
+  labelled_seqs = [seed['sequences']]
+  setup = llome.build_setup(config)
+  for row in rows[1:]:
+    data = np.load(workdir / 'labelled' / f'round_{row["round"]:04d}.npz')
+    # Oracle calls: exactly the labelled sequences, at most n per round.
+    assert len(data['values']) == row['num_labelled'] <= config.outer.num_labels
+    assert row['num_evaluations'] == ga_calls + sum(r['num_labelled'] for r in rows[1 : row['round'] + 1])
+    np.testing.assert_array_equal(
+      data['values'], np.asarray(ehrlich.evaluate(setup.ehrlich_params, data['sequences']))
+    )
+    labelled_seqs.append(data['sequences'])
+    # Constrained decoding: every generation is valid.
+    assert row['frac_generations_valid'] == 1.0
+    assert sum(row['calibration_bin_count']) == row['num_labelled']
+  everything = np.concatenate(labelled_seqs)
+  assert len({tuple(s) for s in everything.tolist()}) == len(everything)  # Never labelled twice.
+  # Regrets: best-so-far is the best over every labelled value, and never rises.
+  all_values = np.concatenate(
+    [seed['values']] + [np.load(workdir / 'labelled' / f'round_{r:04d}.npz')['values'] for r in (1, 2, 3)]
+  )
+  best = float(np.max(np.maximum(all_values, 0.0)))
+  regrets = [row['simple_regret_best'] for row in rows]
+  assert regrets == sorted(regrets, reverse=True)
+  assert regrets[-1] == pytest.approx(1.0 - best)
+  assert summary == json.loads((workdir / 'best.json').read_text())
+  assert summary['best_value'] == pytest.approx(best)
+  assert (
+    float(ehrlich.evaluate(setup.ehrlich_params, np.asarray(summary['best_solution'])))
+    == summary['best_value']
+  )
+  assert (workdir / 'regret.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
+  workdir, summary = uninterrupted
+  llome.run_experiment(_config(), str(tmp_path), stop_after_round=1)
+  assert [row['round'] for row in _rows(tmp_path)] == [0, 1]
+  # A crash after round 2's metrics were written but before its checkpoint: the row is dropped on resume.
+  metrics_io.append_jsonl(tmp_path / 'metrics.jsonl', [{'round': 2, 'num_evaluations': -1}])
+  resumed = llome.run_experiment(_config(), str(tmp_path))
+  assert resumed == summary
+  assert _rows(tmp_path) == _rows(workdir)
+  for r in (1, 2, 3):
+    name = f'labelled/round_{r:04d}.npz'
+    a, b = np.load(workdir / name), np.load(tmp_path / name)
+    for key in ('sequences', 'values', 'likelihoods'):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+# Float sums split differently across 8 fake devices (each gets fewer CPU threads, so matmuls block
+# differently): likelihoods and losses agree to ~1e-4, while every discrete outcome (which sequences
+# are generated, selected and labelled, hence values and regrets) must be identical.
+_LIKELIHOOD_KEYS = (
+  'train_loss',
+  'likelihood_threshold',
+  'calibration_bin_likelihood',
+  'calibration_spearman',
+)
+
+
+def test_one_device_equals_eight(uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+  llome.run_experiment(_config(num_devices=1), str(tmp_path), stop_after_round=2)
+  one, eight = _rows(tmp_path), _rows(workdir)[:3]  # Seed data, an SFT round and a MargE round.
+  assert eight[2]['num_pairs'] > 0 and eight[2]['train_steps'] > 0
+  for a, b in zip(one, eight, strict=True):
+    assert a.keys() == b.keys()
+    for key in a:
+      tolerance = dict(rtol=5e-3, atol=1e-3) if key in _LIKELIHOOD_KEYS else dict(rtol=1e-6, atol=1e-7)
+      np.testing.assert_allclose(
+        np.asarray(a[key], float), np.asarray(b[key], float), err_msg=key, **tolerance
+      )
+  for r in (1, 2):
+    name = f'labelled/round_{r:04d}.npz'
+    np.testing.assert_array_equal(np.load(tmp_path / name)['sequences'], np.load(workdir / name)['sequences'])
+
+
+def test_refuses_a_workdir_with_another_config_unless_overwrite(uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+  before = (workdir / 'metrics.jsonl').read_text()
+  with pytest.raises(FileExistsError, match=r'another config.*outer'):
+    llome.run_experiment(_changed_rounds(), str(workdir))
+  assert (workdir / 'metrics.jsonl').read_text() == before  # Nothing written before is lost.
+  llome.run_experiment(_config(), str(tmp_path), stop_after_round=1)
+  llome.run_experiment(_changed_rounds(), str(tmp_path), overwrite=True, stop_after_round=0)
+  assert [row['round'] for row in _rows(tmp_path)] == [0]
+  assert not (tmp_path / 'labelled' / 'round_0001.npz').exists()
+
+
+def _changed_rounds():
+  config = _config()
+  config.outer.num_rounds = 4
+  return config
+
+
+@pytest.mark.parametrize(
+  'edit, error, match',
+  [
+    (lambda c: c.outer.__setattr__('num_labelz', 3), ValueError, r'config\.outer\.num_labelz'),
+    (lambda c: c.outer.__setattr__('num_labels', 10_000), ValueError, r'num_labels=10000 exceeds the pool'),
+    (lambda c: c.inner.__setattr__('temperatures', (0.8, 0.0)), ValueError, r'temperatures must all be > 0'),
+    (lambda c: c.outer.__setattr__('schedule', 'ppo'), ValueError, r'schedule must be one of'),
+    (lambda c: c.model.__setattr__('preset', 'huge'), ValueError, r'Unknown model preset'),
+    (lambda c: c.outer.__setattr__('num_seeds', 10_000), ValueError, r'num_seeds=10000'),
+  ],
+)
+def test_bad_config_fails_before_any_work(edit, error, match, tmp_path):
+  config = _config()
+  with config.unlocked():
+    edit(config)
+  workdir = tmp_path / 'run'
+  with pytest.raises(error, match=match):
+    llome.run_experiment(config, str(workdir))
+  assert not workdir.exists()
