@@ -36,3 +36,17 @@ def test_rejects_a_value_where_a_section_belongs():
   config = ml_collections.ConfigDict({'seed': 0, 'ga': 3})
   with pytest.raises(ValueError, match='config.ga must be a section'):
     configs.validate(config, _reference())
+
+
+@pytest.mark.parametrize('name', ['smoke', 'f2_marge', 'f2_sft', 'f2_dpo', 'l128_marge'])
+def test_every_shipped_llome_config_is_valid(name):
+  import importlib
+
+  from experiments import llome
+
+  setup = llome.build_setup(importlib.import_module(f'experiments.configs.{name}').get_config())
+  assert (
+    setup.loop_cfg.select.num_labels
+    <= setup.loop_cfg.inner.num_iterations * setup.loop_cfg.num_seeds * (setup.loop_cfg.inner.rows_per_seed)
+  )
+  assert 2 * setup.codec.length + 4 <= setup.model_cfg.max_len

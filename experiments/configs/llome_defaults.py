@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width = config_dict.placeholder(int)
   config.model.num_heads = config_dict.placeholder(int)
   config.model.ff_width = config_dict.placeholder(int)
+  config.model.max_len = config_dict.placeholder(int)  # Prompt + target is 2L + 4 tokens.
   config.model.dtype = 'float32'  # Compute dtype ('bfloat16' on accelerators); parameters stay fp32.
 
   config.outer = ml_collections.ConfigDict()

@@ -1,0 +1,9 @@
+"""LLOME-DPO on f2: as f2_marge.py, with DPO (beta 0.4, the paper's f2 setting) after the SFT round."""
+
+from experiments.configs import f2_marge
+
+
+def get_config():
+  config = f2_marge.f2_config('dpo')
+  config.train.dpo_beta = 0.4
+  return config

@@ -1,0 +1,35 @@
+"""LLOME-MargE on the paper's f2 instance (Ehrlich v=32, L=32, c=4, k=4, q=4; holo seed 50494) with the
+paper's round structure: GA seed data (1,000 particles x 10 generations = 10,000 oracle calls), then
+10 rounds of 2,000 labels (1 SFT, 9 MargE), 200 seeds x (greedy + 10 samples at each of 6
+temperatures) x 10 iterations per round. The policy is a small GPT-NeoX trained from scratch (the
+paper fine-tunes Pythia-2.8B), so it gets its own learning rates and several SFT epochs to learn to copy.
+
+  python -m experiments.llome --config=experiments/configs/f2_marge.py --workdir=runs/f2_marge
+
+f2_sft.py and f2_dpo.py change only the schedule (and DPO's learning rate and beta).
+"""
+
+from experiments.configs import llome_defaults
+
+
+def f2_config(schedule: str):
+  config = llome_defaults.get_config()
+  config.test_function.name = 'f2'
+  config.outer.schedule = schedule
+  config.outer.num_rounds = 10
+  config.outer.num_labels = 2000
+  # A 0.4M-parameter policy: a round (122,000 generations) takes minutes on 2 CPU cores.
+  config.model.preset = 'small'
+  config.model.width = 128
+  config.model.num_layers = 2
+  config.model.num_heads = 4
+  config.model.ff_width = 512
+  config.train.first_round_epochs = 8
+  config.train.epochs = 1
+  config.train.sft.learning_rate = 1e-3
+  config.train.pref.learning_rate = 3e-4
+  return config
+
+
+def get_config():
+  return f2_config('marge')

@@ -1,0 +1,21 @@
+"""LLOME-MargE on a larger shipped instance, ehr_v32_l128_c4_k4_q4 (v=32, L=128, c=4, k=4, q=4; holo
+seed 50494): the f2 round structure with a lighter inner loop, since each edit is 4x longer.
+
+  python -m experiments.llome --config=experiments/configs/l128_marge.py --workdir=runs/l128_marge
+
+The GA seed data keeps the paper's shape (1,000 particles x 10 generations); the mutation rate is
+holo's 1.1 / L default scaled to the longer sequence.
+"""
+
+from experiments.configs import f2_marge
+
+
+def get_config():
+  config = f2_marge.f2_config('marge')
+  config.test_function.name = 'ehr_v32_l128_c4_k4_q4'
+  config.ga.mutation_prob = 1.1 / 128
+  config.model.max_len = 272  # 2L + 4 = 260 tokens per pair.
+  config.outer.num_seeds = 100
+  config.inner.samples_per_temperature = 4
+  config.inner.chunk_rows = 512
+  return config
