@@ -1,5 +1,7 @@
 """Helpers shared by the experiment binaries (no flags here: each binary defines its own)."""
 
+import pathlib
+
 import jax
 import ml_collections
 import numpy as np
@@ -45,3 +47,14 @@ def make_ga_config(ga_config: ml_collections.ConfigDict, num_states: int, dim: i
     survival_quantile=ga_config.survival_quantile,
     archive_capacity=capacity,
   )
+
+
+def process_workdir(workdir: str, distributed: bool) -> str:
+  """With `distributed`, initialises multi-host JAX (coordinator and process ids from the environment:
+  TPU pods, SLURM); every host runs the same program and process i > 0 writes under WORKDIR/process_i."""
+  if not distributed:
+    return workdir
+  jax.distributed.initialize()
+  if jax.process_index() > 0:
+    return str(pathlib.Path(workdir) / f'process_{jax.process_index()}')
+  return workdir

@@ -139,11 +139,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  workdir = _WORKDIR.value
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()  # Coordinator and process ids from the environment (TPU pods, SLURM).
-    if jax.process_index() > 0:  # Every host computes the same run; each writes to its own directory.
-      workdir = str(pathlib.Path(workdir) / f'process_{jax.process_index()}')
+  workdir = common.process_workdir(_WORKDIR.value, _DISTRIBUTED.value)
   run_experiment(_CONFIG.value, workdir)
 
 
