@@ -5,11 +5,21 @@ import pathlib
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
 from llome_jax import ga
 from llome_jax.test_functions import ehrlich, instances
 
 _DEFAULT_ARCHIVE_LIMIT = 100_000
+
+# Flags every experiment binary takes, defined once here so that binaries can import each other
+# (and tests can import several) without absl's duplicate-flag error.
+CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.')
+WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the outputs.')
+DISTRIBUTED = flags.DEFINE_bool(
+  'distributed', False, 'Multi-host: call jax.distributed.initialize() first (run on every host).'
+)
 
 
 def resolve_test_function(tf_config: ml_collections.ConfigDict):

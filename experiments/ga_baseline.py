@@ -16,18 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments import common
 from experiments.configs import ga_ehrlich
 from llome_jax import archive, configs, ga, metrics_io, sharding
 from llome_jax.test_functions import ehrlich
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the outputs (must not hold a finished run).')
-_DISTRIBUTED = flags.DEFINE_bool(
-  'distributed', False, 'Multi-host: call jax.distributed.initialize() first (run on every host).'
-)
 
 
 def _prepare_workdir(workdir: str) -> pathlib.Path:
@@ -139,8 +132,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  workdir = common.process_workdir(_WORKDIR.value, _DISTRIBUTED.value)
-  run_experiment(_CONFIG.value, workdir)
+  workdir = common.process_workdir(common.WORKDIR.value, common.DISTRIBUTED.value)
+  run_experiment(common.CONFIG.value, workdir)
 
 
 if __name__ == '__main__':

@@ -21,7 +21,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments import common
 from experiments.configs import llome_defaults
@@ -42,14 +41,9 @@ from llome_jax import codec as codec_lib
 from llome_jax import model as model_lib
 from llome_jax.test_functions import ehrlich
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for outputs and checkpoints.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete a workdir that holds another config, then run.')
 _STOP_AFTER = flags.DEFINE_integer(
   'stop_after_round', None, 'Stop cleanly after this round (pre-emptible machines); rerun to resume.'
-)
-_DISTRIBUTED = flags.DEFINE_bool(
-  'distributed', False, 'Multi-host: call jax.distributed.initialize() first (run on every host).'
 )
 _OUTPUTS = ('metrics.jsonl', 'seed_data.npz', 'best.json', 'regret.png', 'labelled', 'checkpoints')
 
@@ -353,8 +347,8 @@ def run_experiment(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  workdir = common.process_workdir(_WORKDIR.value, _DISTRIBUTED.value)
-  run_experiment(_CONFIG.value, workdir, overwrite=_OVERWRITE.value, stop_after_round=_STOP_AFTER.value)
+  workdir = common.process_workdir(common.WORKDIR.value, common.DISTRIBUTED.value)
+  run_experiment(common.CONFIG.value, workdir, overwrite=_OVERWRITE.value, stop_after_round=_STOP_AFTER.value)
 
 
 if __name__ == '__main__':
