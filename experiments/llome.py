@@ -333,7 +333,8 @@ def run_experiment(
     )
 
   # ---------------------------------------------------------------- Outputs.
-  title = f'LLOME-{setup.loop_cfg.schedule.upper()}, {config.test_function.name or "sampled"} Ehrlich'
+  name = {'sft': 'SFT', 'marge': 'MargE', 'dpo': 'DPO'}[setup.loop_cfg.schedule]
+  title = f'LLOME-{name}, {config.test_function.name or "sampled"} Ehrlich'
   summary = _write_outputs(workdir, state, rows, title)
   logging.info(
     'Best value %.4f after %d evaluations; outputs in %s',
