@@ -243,8 +243,7 @@ def _seeds(state: OuterState, found, num_seeds: int) -> tuple[Int[Array, 'S L'],
   """The better members of the best pairs; when there are fewer pairs than seeds, the best feasible
   labelled sequences so far fill the remaining slots (the reference would have no seeds left)."""
   seed_idx_S, from_pairs_S = pairs.best_pairs(found, state.labelled_values_C, num_seeds)
-  better_P = found.y_idx_P if isinstance(found, pairs.Pairs) else found.yw_idx_P
-  pair_seeds_SxL = state.labelled_CxL[better_P[seed_idx_S]]
+  pair_seeds_SxL = state.labelled_CxL[found.better_idx_P[seed_idx_S]]
   history = state.history
   stored_values = jnp.where(jnp.arange(history.capacity) < history.count, history.values_C, -jnp.inf)
   top_values, top_idx = jax.lax.top_k(stored_values, min(num_seeds, history.capacity))

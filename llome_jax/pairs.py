@@ -71,6 +71,10 @@ class Pairs:
   num_candidates: Array  # int32: qualifying pairs before the infeasible cap and capacity.
   num_infeasible_candidates: Array  # int32: those of them whose worse member is infeasible.
 
+  @property
+  def better_idx_P(self) -> Int[Array, ' P']:
+    return self.y_idx_P
+
 
 @flax.struct.dataclass
 class Triples:
@@ -79,6 +83,10 @@ class Triples:
   yl_idx_P: Int[Array, ' P']  # Rejected: not better than x (may be x itself).
   where_P: Bool[Array, ' P']
   num_candidates: Array  # int32: qualifying triples before capacity.
+
+  @property
+  def better_idx_P(self) -> Int[Array, ' P']:
+    return self.yw_idx_P
 
 
 def hamming_counts_BxC(a_BxL: Int[Array, 'B L'], b_CxL: Int[Array, 'C L'], *, block_size: int = 128) -> Array:
@@ -268,8 +276,7 @@ def best_pairs(
   """
   if num > pairs.where_P.shape[0]:
     raise ValueError(f'num = {num} exceeds the pair capacity {pairs.where_P.shape[0]}.')
-  better_P = pairs.y_idx_P if isinstance(pairs, Pairs) else pairs.yw_idx_P
-  score_P = jnp.where(pairs.where_P, _sanitise(values_C)[better_P], -jnp.inf)
+  score_P = jnp.where(pairs.where_P, _sanitise(values_C)[pairs.better_idx_P], -jnp.inf)
   _, idx_N = jax.lax.top_k(score_P, num)
   return idx_N, pairs.where_P[idx_N]
 
