@@ -89,8 +89,8 @@ def _choose(key, logits_BxV, temperature_B, allowed_BxV, cfg: SampleConfig):
   """Next token per row and its log-probability (see SampleConfig.logprobs)."""
   model_logps_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
   masked_BxV = jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
-  if cfg.top_k:
-    kth_B1 = _kth_largest(masked_BxV, min(cfg.top_k, masked_BxV.shape[-1]))
+  if 0 < cfg.top_k < masked_BxV.shape[-1]:  # Keeping k >= V tokens keeps them all: skip the sort.
+    kth_B1 = _kth_largest(masked_BxV, cfg.top_k)
     masked_BxV = jnp.where(masked_BxV >= kth_B1, masked_BxV, -jnp.inf)
   greedy_B = temperature_B <= 0.0
   # Dividing by 1 on greedy rows keeps them finite; their sampled draw is discarded below.
