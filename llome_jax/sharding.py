@@ -4,6 +4,7 @@ parameters split FSDP-style over `data` and, optionally, tensor-parallel over `m
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -54,6 +55,32 @@ def per_shard(mesh: Mesh, batch_fn):
   """
   spec = PartitionSpec(DATA_AXIS)
   return jax.shard_map(batch_fn, mesh=mesh, in_specs=spec, out_specs=spec)
+
+
+def chunked_map(fn, xs, *, rows: int, mesh: Mesh | None = None):
+  """`fn(i, chunk)` over chunks of `rows` rows of every leaf of `xs` (one `lax.map`), results
+  concatenated back to the original number of rows: bounded memory for large row-wise batches.
+
+  The last chunk is padded with zero rows, whose outputs are dropped. With a mesh, each chunk's rows
+  are split across the data axis (rows rounded up to a multiple of its size), so every device works
+  on its own rows; `fn` must then treat rows independently.
+  """
+  total = jax.tree.leaves(xs)[0].shape[0]
+  rows = max(1, min(rows, total))
+  if mesh is not None:
+    shards = mesh.shape[DATA_AXIS]
+    rows = -(-rows // shards) * shards
+  groups = -(-total // rows)
+
+  def group(x):
+    x = jnp.pad(x, [(0, groups * rows - total)] + [(0, 0)] * (x.ndim - 1))
+    x = x.reshape(groups, rows, *x.shape[1:])
+    if mesh is not None:
+      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)))
+    return x
+
+  out = jax.lax.map(lambda args: fn(*args), (jnp.arange(groups), jax.tree.map(group, xs)))
+  return jax.tree.map(lambda y: y.reshape(groups * rows, *y.shape[2:])[:total], out)
 
 
 def ga_state_shardings(mesh: Mesh, state):
