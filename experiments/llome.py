@@ -104,6 +104,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     num_calibration_bins=outer.num_calibration_bins,
     first_round_epochs=config.train.first_round_epochs,
     epochs=config.train.epochs,
+    split_rows=outer.split_rows,
   )
   pool = inner.num_iterations * outer.num_seeds * inner.rows_per_seed
   if outer.num_labels > pool:

@@ -12,11 +12,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from llome_jax import codec as codec_lib
 from llome_jax import model as model_lib
-from llome_jax import sampling
+from llome_jax import sampling, sharding
 
 # SPEC 3.5: mean normalised input -> output Hamming distance below which temperatures shift up.
 COLLAPSE_THRESHOLDS = ((0.075, 0.6), (0.1, 0.4), (0.15, 0.2))
@@ -82,17 +83,11 @@ class Generations:
   where_R: Bool[Array, ' R']
 
 
-def _decode_chunks(key, graphdef, params, inputs_RxL, temperature_R, *, codec, scfg, allowed, chunk_rows):
+def _decode_chunks(key, graphdef, params, inputs_RxL, temperature_R, *, codec, scfg, allowed, chunk_rows, mesh):
   """Samples one edit of every row, `chunk_rows` rows at a time; returns outputs, validity, mean logp."""
-  r, length = inputs_RxL.shape
-  rows = min(chunk_rows, r)
-  groups = -(-r // rows)
-  pad = groups * rows - r
-  inputs = jnp.pad(inputs_RxL, ((0, pad), (0, 0))).reshape(groups, rows, length)
-  temperature = jnp.pad(temperature_R, (0, pad)).reshape(groups, rows)
 
-  def run(args):
-    i, x_NxL, temperature_N = args
+  def run(i, chunk):
+    x_NxL, temperature_N = chunk
     prompts = codec.encode_prompts(x_NxL)
     out = sampling.sample(
       jax.random.fold_in(key, i),
@@ -107,8 +102,7 @@ def _decode_chunks(key, graphdef, params, inputs_RxL, temperature_R, *, codec, s
     seqs_NxL, funnel = codec.decode(out.tokens_BxG)
     return seqs_NxL, funnel.valid_B, out.mean_logp()
 
-  seqs, valid, mean_logp = jax.lax.map(run, (jnp.arange(groups), inputs, temperature))
-  return seqs.reshape(-1, length)[:r], valid.reshape(-1)[:r], mean_logp.reshape(-1)[:r]
+  return sharding.chunked_map(run, (inputs_RxL, temperature_R), rows=chunk_rows, mesh=mesh)
 
 
 def run(
@@ -121,6 +115,7 @@ def run(
   *,
   codec: codec_lib.CompactCodec,
   cfg: InnerLoopConfig,
+  mesh: Mesh | None = None,
 ) -> Generations:
   """Runs the inner loop from every seed; no oracle calls.
 
@@ -131,6 +126,8 @@ def run(
     temperature_shift: added to every sampling temperature (see `collapse_shift`).
     codec: a fixed-layout codec (jittable encoding and decoding).
     cfg: static settings.
+    mesh: when given, each chunk's trajectories are split across its data axis (see
+      `sharding.chunked_map`): on N devices each decodes 1/N of the rows.
 
   Returns:
     Generations of shape [num_iterations, S * rows_per_seed].
@@ -160,6 +157,7 @@ def run(
       scfg=scfg,
       allowed=allowed,
       chunk_rows=cfg.chunk_rows,
+      mesh=mesh,
     )
     valid_R = valid_R & where_R
     # The next input: the likeliest valid candidate of this trajectory so far (the seed until one).

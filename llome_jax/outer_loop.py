@@ -10,6 +10,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from llome_jax import archive as archive_lib
@@ -38,6 +39,10 @@ class LoopConfig:
     num_calibration_bins: likelihood bins of the calibration diagnostic.
     first_round_epochs, epochs: epochs over the pairs in round 1 and in later rounds (the reference
       trains one epoch a round; a small model trained from scratch first has to learn to copy).
+    split_rows: split the row-wise work of a round (inner-loop decoding, reference log-probs) across
+      the mesh's data axis, so each device decodes 1/N of the trajectories instead of all of them. Off
+      by default: the split changes matmul shapes, and the float rounding that follows can flip a
+      sampled token, so a run then matches a 1-device run statistically rather than exactly.
   """
 
   pairs: pairs.PairConfig
@@ -53,6 +58,7 @@ class LoopConfig:
   num_calibration_bins: int = 10
   first_round_epochs: int = 1
   epochs: int = 1
+  split_rows: bool = False
 
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
@@ -147,25 +153,17 @@ def seed_metrics(state: OuterState) -> dict[str, Array]:
   }
 
 
-def _chunked_logps(graphdef, params, batch: codec_lib.PairBatch, rows: int) -> Array:
+def _chunked_logps(graphdef, params, batch: codec_lib.PairBatch, rows: int, mesh: Mesh | None) -> Array:
   """Summed target log-probs of every pair, `rows` pairs per forward pass (bounded activations)."""
-  capacity = batch.inputs_BxT.shape[0]
-  rows = min(rows, capacity)
-  groups = -(-capacity // rows)
-
-  def group(x):
-    x = jnp.pad(x, [(0, groups * rows - capacity)] + [(0, 0)] * (x.ndim - 1))
-    return x.reshape(groups, rows, *x.shape[1:])
-
-  logps, _ = jax.lax.map(lambda b: train.sequence_logps(graphdef, params, b), jax.tree.map(group, batch))
-  return logps.reshape(-1)[:capacity]
+  logps_fn = lambda _, b: train.sequence_logps(graphdef, params, b)[0]
+  return sharding.chunked_map(logps_fn, batch, rows=rows, mesh=mesh)
 
 
-def _dataset(key, state: OuterState, *, graphdef, codec, cfg: LoopConfig, objective: str):
+def _dataset(key, state: OuterState, *, graphdef, codec, cfg: LoopConfig, objective: str, mesh):
   """This round's training set and the pairs (or triples) it came from, against the frozen reference
   (the policy as it enters the round)."""
   seqs, values, where = state.labelled_CxL, state.labelled_values_C, state.labelled_where_C
-  logps = functools.partial(_chunked_logps, graphdef, state.params, rows=cfg.batch_size)
+  logps = functools.partial(_chunked_logps, graphdef, state.params, rows=cfg.batch_size, mesh=mesh)
   if objective == 'dpo':
     found = pairs.make_triples(key, seqs, values, where, cfg=cfg.pairs)
     chosen = codec.encode_pairs(seqs[found.x_idx_P], seqs[found.yw_idx_P])
@@ -263,21 +261,24 @@ def round_step(
   cfg: LoopConfig,
   objective: str,
   epochs: int,
+  mesh: Mesh | None = None,
 ) -> tuple[OuterState, tuple[dict[str, Array], labelling.Selection, Array]]:
   """One round: pairs -> `epochs` epochs of `objective` -> inner loop -> label selection -> oracle.
 
   The only oracle calls that the algorithm sees are on the selected sequences; f of the other
-  generations enters `frac_improved` alone, a logged diagnostic.
+  generations enters `frac_improved` alone, a logged diagnostic. With a `mesh` and `cfg.split_rows`,
+  the row-wise work (decoding the inner loop, reference log-probs) is split across its data axis.
 
   Returns:
     The new state, and (metrics, the selection, the selected sequences' values).
   """
+  mesh = mesh if cfg.split_rows else None
   round_key = jax.random.fold_in(state.key, state.round + 1)
   pair_key, train_key, inner_key, select_key, diversity_key = jax.random.split(round_key, 5)
 
   # ------------------------------------------------------------------ Train on pairs.
   dataset, found, num_candidates = _dataset(
-    pair_key, state, graphdef=graphdef, codec=codec, cfg=cfg, objective=objective
+    pair_key, state, graphdef=graphdef, codec=codec, cfg=cfg, objective=objective, mesh=mesh
   )
   params, metrics = _train(
     train_key, state.params, dataset, graphdef=graphdef, cfg=cfg, objective=objective, epochs=epochs
@@ -288,7 +289,7 @@ def round_step(
   seeds_SxL, seed_where_S = _seeds(state, found, cfg.num_seeds)
   shift = inner_loop.collapse_shift(state.mean_hamming) if cfg.temperature_scaling else jnp.float32(0.0)
   gens = inner_loop.run(
-    inner_key, graphdef, params, seeds_SxL, seed_where_S, shift, codec=codec, cfg=cfg.inner
+    inner_key, graphdef, params, seeds_SxL, seed_where_S, shift, codec=codec, cfg=cfg.inner, mesh=mesh
   )
   metrics |= _generation_metrics(diversity_key, gens, ehrlich_params=ehrlich_params, shift=shift)
 
@@ -363,7 +364,9 @@ def jit_run_rounds(state_sh: OuterState, mesh, **kwargs):
 
   @functools.cache
   def compiled(num_rounds: int, objective: str, epochs: int):
-    fn = functools.partial(run_rounds, num_rounds=num_rounds, objective=objective, epochs=epochs, **kwargs)
+    fn = functools.partial(
+      run_rounds, num_rounds=num_rounds, objective=objective, epochs=epochs, mesh=mesh, **kwargs
+    )
     return jax.jit(fn, in_shardings=(state_sh,), out_shardings=(state_sh, replicated), donate_argnums=0)
 
   def run(state: OuterState, num_rounds: int, objective: str, epochs: int):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llome_jax import codec, inner_loop, model, train
+from llome_jax import codec, inner_loop, model, sharding, train
 
 CODEC = codec.CompactCodec(num_states=6, length=8)
 CFG = inner_loop.InnerLoopConfig(num_iterations=3, temperatures=(0.7, 1.3), samples_per_temperature=2)
@@ -196,3 +196,26 @@ def test_jit_traces_once(setup):
   seeds = jax.random.randint(jax.random.key(9), (NUM_SEEDS, CODEC.length), 0, CODEC.num_states)
   gens = setup['run'](jax.random.key(4), setup['params'], seeds, jnp.ones(NUM_SEEDS, bool), jnp.float32(0.4))
   np.testing.assert_array_equal(gens.inputs_IxRxL[0], np.repeat(np.asarray(seeds), CFG.rows_per_seed, axis=0))
+
+
+def test_rows_split_across_a_mesh_decode_as_on_one_device(setup):
+  # 15 rows of 4 chunk rows on a (4 data x 2 model) mesh: padded rows, each device its own row.
+  mesh = sharding.make_mesh(8, model_parallel=2)
+  params = jax.device_put(setup['params'], sharding.param_shardings(setup['params'], mesh))
+
+  @jax.jit
+  def split(key, params, seeds_SxL, seed_where_S, shift):
+    return inner_loop.run(
+      key, setup['graphdef'], params, seeds_SxL, seed_where_S, shift, codec=CODEC, cfg=CHUNKED, mesh=mesh
+    )
+
+  whole = _host(
+    _jit(setup['graphdef'], CHUNKED)(
+      jax.random.key(2), setup['params'], setup['seeds'], SEED_WHERE, jnp.float32(0.0)
+    )
+  )
+  parts = _host(split(jax.random.key(2), params, setup['seeds'], SEED_WHERE, jnp.float32(0.0)))
+  np.testing.assert_array_equal(parts.outputs_IxRxL, whole.outputs_IxRxL)
+  np.testing.assert_array_equal(parts.inputs_IxRxL, whole.inputs_IxRxL)
+  np.testing.assert_array_equal(parts.valid_IxR, whole.valid_IxR)
+  np.testing.assert_allclose(parts.mean_logp_IxR, whole.mean_logp_IxR, atol=1e-5)

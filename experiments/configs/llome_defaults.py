@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.outer.num_seeds = 200
   config.outer.temperature_scaling = True
   config.outer.num_calibration_bins = 10
+  config.outer.split_rows = False  # Decode each device's own rows on a multi-device mesh (see LoopConfig).
 
   config.pairs = ml_collections.ConfigDict()
   config.pairs.capacity = 4096  # Most pairs (or DPO triples) trained on per round.
