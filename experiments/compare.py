@@ -5,7 +5,9 @@ r"""Several experiment workdirs on one best-so-far-regret-vs-oracle-calls plot, 
 
 Runs that share a label are seeds of one method: drawn as their median with a min-max band. Writes the
 PNG and, next to it (same path, .json), per label: each run's and the median's final evaluations and
-regret, the regret at the budget and the evaluations needed to reach regret <= 0.25 and <= 0.
+regret, the regret at the budget and the evaluations needed to reach regret <= 0.25 and <= 0; each
+run's per-round diagnostics (feasible fraction, edit distance, calibration) and wall clock where its
+workdir has them; and (same path, .md) these as a Markdown table, also printed.
 """
 
 import json
@@ -29,6 +31,13 @@ _BUDGET = flags.DEFINE_integer('budget', None, 'Oracle-call budget: a dashed lin
 
 THRESHOLDS = (0.25, 0.0)
 _REQUIRED_KEYS = ('num_evaluations', 'simple_regret_best')
+# Per-row diagnostics copied into the summary: the LLOME binary's (rounds >= 1) and the GA's.
+_DIAGNOSTIC_KEYS = (
+  'frac_labelled_feasible',
+  'mean_edit_hamming',
+  'calibration_spearman',
+  'frac_particles_feasible',
+)
 
 
 def load_run(workdir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +115,77 @@ def _curve_summary(evaluations: np.ndarray, regrets: np.ndarray, budget: int | N
       evaluations, regrets, threshold
     )
   return metrics_io.plain_row(summary)  # nan (not covered) becomes null.
+
+
+def run_diagnostics(workdir: str | os.PathLike) -> dict:
+  """A run's per-row diagnostics and wall clock, for the table.
+
+  Returns:
+    {key: [value per row]} for each of `_DIAGNOSTIC_KEYS` that the run's rows hold (LLOME rows of
+    round 0, the GA seed data, are skipped: they have no generations), and 'wall_clock_s': the seconds
+    summed over timings.jsonl, or None when the workdir has none.
+  """
+  workdir = pathlib.Path(workdir)
+  rows = [row for row in metrics_io.read_jsonl(workdir / 'metrics.jsonl') if row.get('round', 1) >= 1]
+  out = {}
+  for key in _DIAGNOSTIC_KEYS:
+    values = [row[key] for row in rows if row.get(key) is not None]
+    if values:
+      out[key] = values
+  timings = workdir / 'timings.jsonl'
+  out['wall_clock_s'] = (
+    sum(row['seconds'] for row in metrics_io.read_jsonl(timings)) if timings.is_file() else None
+  )
+  return out
+
+
+def _fmt(value, spec: str = '.3f') -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def _span(values, spec: str = '.3f') -> str:
+  """'x' when all equal, else 'min-max'."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return '-'
+  low, high = min(values), max(values)
+  return _fmt(low, spec) if low == high else f'{_fmt(low, spec)}-{_fmt(high, spec)}'
+
+
+def markdown_table(summary: dict, budget: int | None) -> str:
+  """One row per label: regret at the budget (median; each seed), evaluations to the thresholds
+  (the median's, and how many seeds get there), last-row feasible fraction, edit distance
+  of the first and last round, Spearman(likelihood, f) over rounds and wall clock, as seed ranges."""
+  at = f'at {budget:,}' if budget is not None else 'final'
+  lines = [
+    f'| method | seeds | best regret {at} (median; per seed) | calls to 0.25 | calls to 0 '
+    '| feasible (last round) | edit distance (first -> last round) | Spearman over rounds | wall clock (s) |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ]
+  for label, group in summary.items():
+    runs, median = group['runs'], group['median']
+    key = 'regret_at_budget' if budget is not None else 'final_simple_regret_best'
+    regret = f'{_fmt(median[key])}; {", ".join(_fmt(run[key]) for run in runs)}'
+    reach = []
+    for t in THRESHOLDS:
+      key = f'evaluations_to_regret_{t:g}'
+      reached = sum(run[key] is not None for run in runs)
+      reach.append(
+        f'{_fmt(median[key], ",") if median[key] is not None else "not reached"} ({reached}/{len(runs)} seeds)'
+      )
+    diag = [run['diagnostics'] for run in runs]
+    feasible_key = (
+      'frac_labelled_feasible' if 'frac_labelled_feasible' in diag[0] else 'frac_particles_feasible'
+    )
+    feasible = _span([d.get(feasible_key, [None])[-1] for d in diag], '.2f')
+    edit = [d.get('mean_edit_hamming') for d in diag]
+    edit = '-' if None in edit else f'{_span([e[0] for e in edit])} -> {_span([e[-1] for e in edit])}'
+    spearman = _span([v for d in diag for v in d.get('calibration_spearman', [])], '.2f')
+    clock = _span([d['wall_clock_s'] for d in diag], ',.0f')
+    lines.append(
+      f'| {label} | {len(runs)} | {regret} | {reach[0]} | {reach[1]} | {feasible} | {edit} | {spearman} | {clock} |'
+    )
+  return '\n'.join(lines) + '\n'
 
 
 def _group(workdirs: Sequence[str], labels: Sequence[str] | None) -> dict[str, list[str]]:
@@ -187,7 +267,7 @@ def compare(
     summary[label] = {
       'num_runs': len(runs),
       'runs': [
-        {'workdir': str(w), **_curve_summary(e, r, budget)}
+        {'workdir': str(w), **_curve_summary(e, r, budget), 'diagnostics': run_diagnostics(w)}
         for w, (e, r) in zip(label_workdirs, runs, strict=True)
       ],
       # Every run is constant between points of x, so the median's own step function is exact.
@@ -196,6 +276,9 @@ def compare(
   output.parent.mkdir(parents=True, exist_ok=True)
   _plot(curves, output, title=title, budget=budget)
   metrics_io.write_json(output.with_suffix('.json'), summary)
+  table = markdown_table(summary, budget)
+  output.with_suffix('.md').write_text(table)
+  print(table, end='')
   return summary
 
 

@@ -79,6 +79,7 @@ def test_compare_summary_and_outputs(workdirs, tmp_path):
     'regret_at_budget': 0.25,
     'evaluations_to_regret_0.25': 40,
     'evaluations_to_regret_0': 80,
+    'diagnostics': {'wall_clock_s': None},  # Rows without diagnostics, no timings.jsonl.
   }
   assert (a1['final_num_evaluations'], a1['final_simple_regret_best'], a1['regret_at_budget']) == (
     60,
@@ -105,7 +106,7 @@ def test_compare_summary_and_outputs(workdirs, tmp_path):
   }
   assert output.read_bytes()[:8] == _PNG_SIGNATURE
   assert json.loads(output.with_suffix('.json').read_text()) == summary
-  assert sorted(p.name for p in output.parent.iterdir()) == ['compare.json', 'compare.png']  # No temps left.
+  assert sorted(p.name for p in output.parent.iterdir()) == ['compare.json', 'compare.md', 'compare.png']
 
 
 def test_default_labels_are_basenames_and_no_budget_key(workdirs, tmp_path):
@@ -113,7 +114,56 @@ def test_default_labels_are_basenames_and_no_budget_key(workdirs, tmp_path):
   assert list(summary) == ['a0', 'a1', 'b0']
   assert all(entry['num_runs'] == 1 for entry in summary.values())
   assert 'regret_at_budget' not in summary['a0']['median']
-  assert summary['a1']['median'] == {k: v for k, v in summary['a1']['runs'][0].items() if k != 'workdir'}
+  run = summary['a1']['runs'][0]
+  assert summary['a1']['median'] == {k: v for k, v in run.items() if k not in ('workdir', 'diagnostics')}
+
+
+def _llome_workdir(path, regrets, feasible, edit, spearman, seconds):
+  """An LLOME-shaped workdir: round 0 (seed data, no generations) then one row per trained round."""
+  rows = [{'round': 0, 'num_evaluations': 100, 'simple_regret_best': 0.9, 'frac_labelled_feasible': 0.5}]
+  for r, (regret, f, e, s) in enumerate(zip(regrets, feasible, edit, spearman, strict=True), start=1):
+    rows.append(
+      {
+        'round': r,
+        'num_evaluations': 100 + 10 * r,
+        'simple_regret_best': regret,
+        'frac_labelled_feasible': f,
+        'mean_edit_hamming': e,
+        'calibration_spearman': s,
+      }
+    )
+  path.mkdir(parents=True)
+  (path / 'metrics.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  (path / 'timings.jsonl').write_text(''.join(json.dumps({'seconds': t}) + '\n' for t in seconds))
+  return str(path)
+
+
+def test_llome_diagnostics_and_markdown_table(workdirs, tmp_path):
+  s0 = _llome_workdir(tmp_path / 's0', [0.5, 0.25], [0.8, 0.9], [0.1, 0.3], [0.2, 0.4], [10.0, 5.5])
+  s1 = _llome_workdir(tmp_path / 's1', [0.6, 0.5], [0.7, 0.95], [0.2, 0.1], [None, 0.6], [20.0])
+  assert compare.run_diagnostics(s1) == {
+    'frac_labelled_feasible': [0.7, 0.95],  # Round 0 (seed data) left out.
+    'mean_edit_hamming': [0.2, 0.1],
+    'calibration_spearman': [0.6],  # A null (undefined) correlation is skipped.
+    'wall_clock_s': 20.0,
+  }
+  output = tmp_path / 'table.png'
+  compare.compare([s0, s1, workdirs['b0']], ['LLOME', 'LLOME', 'GA'], output, budget=120)
+  table = output.with_suffix('.md').read_text().splitlines()
+  assert len(table) == 4 and table[0].count('|') == table[2].count('|') == 10
+  assert table[2] == (
+    '| LLOME | 2 | 0.375; 0.250, 0.500 | not reached (1/2 seeds) | not reached (0/2 seeds) | 0.90-0.95 '
+    '| 0.100-0.200 -> 0.100-0.300 | 0.20-0.60 | 16-20 |'
+  )
+  assert (
+    table[3]
+    == '| GA | 1 | 0.700; 0.700 | not reached (0/1 seeds) | not reached (0/1 seeds) | - | - | - | - |'
+  )
+  compare.compare([s0], None, output)  # Its median is the run: it reaches 0.25 at 120 calls.
+  assert (
+    '| s0 | 1 | 0.250; 0.250 | 120 (1/1 seeds) | not reached (0/1 seeds) |'
+    in output.with_suffix('.md').read_text()
+  )
 
 
 def test_errors_name_the_problem_and_the_path(workdirs, tmp_path):
