@@ -83,7 +83,9 @@ class Generations:
   where_R: Bool[Array, ' R']
 
 
-def _decode_chunks(key, graphdef, params, inputs_RxL, temperature_R, *, codec, scfg, allowed, chunk_rows, mesh):
+def _decode_chunks(
+  key, graphdef, params, inputs_RxL, temperature_R, *, codec, scfg, allowed, chunk_rows, mesh
+):
   """Samples one edit of every row, `chunk_rows` rows at a time; returns outputs, validity, mean logp."""
 
   def run(i, chunk):

@@ -155,8 +155,11 @@ def seed_metrics(state: OuterState) -> dict[str, Array]:
 
 def _chunked_logps(graphdef, params, batch: codec_lib.PairBatch, rows: int, mesh: Mesh | None) -> Array:
   """Summed target log-probs of every pair, `rows` pairs per forward pass (bounded activations)."""
-  logps_fn = lambda _, b: train.sequence_logps(graphdef, params, b)[0]
-  return sharding.chunked_map(logps_fn, batch, rows=rows, mesh=mesh)
+
+  def logps(_, chunk):
+    return train.sequence_logps(graphdef, params, chunk)[0]
+
+  return sharding.chunked_map(logps, batch, rows=rows, mesh=mesh)
 
 
 def _dataset(key, state: OuterState, *, graphdef, codec, cfg: LoopConfig, objective: str, mesh):
