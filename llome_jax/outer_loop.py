@@ -40,9 +40,10 @@ class LoopConfig:
     first_round_epochs, epochs: epochs over the pairs in round 1 and in later rounds (the reference
       trains one epoch a round; a small model trained from scratch first has to learn to copy).
     split_rows: split the row-wise work of a round (inner-loop decoding, reference log-probs) across
-      the mesh's data axis, so each device decodes 1/N of the trajectories instead of all of them. Off
-      by default: the split changes matmul shapes, and the float rounding that follows can flip a
-      sampled token, so a run then matches a 1-device run statistically rather than exactly.
+      the mesh's data axis, so each device decodes 1/N of the trajectories instead of all of them. On
+      a fixed policy the split decodes exactly as one device does (tests/test_inner_loop.py); trained
+      rounds differ across device counts with or without it, since training's reductions are
+      mesh-ordered. Off by default until a multi-device accelerator run has exercised it.
   """
 
   pairs: pairs.PairConfig
