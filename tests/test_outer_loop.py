@@ -64,8 +64,11 @@ def problem():
     history_capacity=len(values) + 4 * 24,
   )
   mesh = sharding.make_mesh(1)
+  state_sh = outer_loop.state_shardings(state, mesh)
+  # Placed as the binary places it: a state typed by another sharding would compile the rounds anew.
+  state = jax.device_put(state, state_sh)
   run = outer_loop.jit_run_rounds(
-    outer_loop.state_shardings(state, mesh),
+    state_sh,
     mesh,
     graphdef=graphdef,
     ehrlich_params=params,
