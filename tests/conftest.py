@@ -3,7 +3,8 @@
 Each test process also gets its own persistent compilation cache, so that the end-to-end tests,
 which build the same jitted round programs in several `run_experiment` calls, compile each once.
 The cache is per process (the xdist workers do not share one: JAX writes entries unlocked) and is
-deleted at exit; set JAX_COMPILATION_CACHE_DIR to keep one across runs instead.
+deleted at exit. A JAX_COMPILATION_CACHE_DIR set by the caller is used instead and kept; the workers
+then share it.
 """
 
 import atexit
