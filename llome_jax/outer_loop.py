@@ -190,8 +190,9 @@ def _dataset(key, state: OuterState, *, graphdef, codec, cfg: LoopConfig, object
   return dataset, found, found.num_candidates
 
 
-def _train(key, params, dataset, *, graphdef, cfg: LoopConfig, objective: str, epochs: int):
-  """`epochs` epochs with a fresh optimiser; returns new params and summary metrics."""
+def _train(key, params, dataset, *, graphdef, cfg: LoopConfig, objective: str, epochs: int, mesh):
+  """`epochs` epochs with a fresh optimiser, data-parallel over `mesh` when given; returns new params
+  and summary metrics."""
   optimizer = train.make_optimizer(cfg.sft_optim if objective == 'sft' else cfg.pref_optim)
   step_fn = functools.partial(
     train.train_step,
@@ -203,7 +204,7 @@ def _train(key, params, dataset, *, graphdef, cfg: LoopConfig, objective: str, e
 
   def epoch(state, i):
     return train.fit_epoch(
-      state, dataset, jax.random.fold_in(key, i), step_fn=step_fn, batch_size=cfg.batch_size
+      state, dataset, jax.random.fold_in(key, i), step_fn=step_fn, batch_size=cfg.batch_size, mesh=mesh
     )
 
   state, metrics = jax.lax.scan(epoch, state, jnp.arange(epochs))
@@ -270,22 +271,30 @@ def round_step(
   """One round: pairs -> `epochs` epochs of `objective` -> inner loop -> label selection -> oracle.
 
   The only oracle calls that the algorithm sees are on the selected sequences; f of the other
-  generations enters `frac_improved` alone, a logged diagnostic. With a `mesh` and `cfg.split_rows`,
-  the row-wise work (decoding the inner loop, reference log-probs) is split across its data axis.
+  generations enters `frac_improved` alone, a logged diagnostic. With a `mesh`, training is
+  data-parallel (each batch split across the data axis); with `cfg.split_rows` too, the row-wise work
+  (decoding the inner loop, reference log-probs) is split as well.
 
   Returns:
     The new state, and (metrics, the selection, the selected sequences' values).
   """
-  mesh = mesh if cfg.split_rows else None
+  rows_mesh = mesh if cfg.split_rows else None
   round_key = jax.random.fold_in(state.key, state.round + 1)
   pair_key, train_key, inner_key, select_key, diversity_key = jax.random.split(round_key, 5)
 
   # ------------------------------------------------------------------ Train on pairs.
   dataset, found, num_candidates = _dataset(
-    pair_key, state, graphdef=graphdef, codec=codec, cfg=cfg, objective=objective, mesh=mesh
+    pair_key, state, graphdef=graphdef, codec=codec, cfg=cfg, objective=objective, mesh=rows_mesh
   )
   params, metrics = _train(
-    train_key, state.params, dataset, graphdef=graphdef, cfg=cfg, objective=objective, epochs=epochs
+    train_key,
+    state.params,
+    dataset,
+    graphdef=graphdef,
+    cfg=cfg,
+    objective=objective,
+    epochs=epochs,
+    mesh=mesh,
   )
   metrics |= {'num_pairs': jnp.sum(found.where_P, dtype=jnp.int32), 'num_pair_candidates': num_candidates}
 
@@ -293,7 +302,7 @@ def round_step(
   seeds_SxL, seed_where_S = _seeds(state, found, cfg.num_seeds)
   shift = inner_loop.collapse_shift(state.mean_hamming) if cfg.temperature_scaling else jnp.float32(0.0)
   gens = inner_loop.run(
-    inner_key, graphdef, params, seeds_SxL, seed_where_S, shift, codec=codec, cfg=cfg.inner, mesh=mesh
+    inner_key, graphdef, params, seeds_SxL, seed_where_S, shift, codec=codec, cfg=cfg.inner, mesh=rows_mesh
   )
   metrics |= _generation_metrics(diversity_key, gens, ehrlich_params=ehrlich_params, shift=shift)
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from llome_jax import codec as codec_lib
@@ -212,6 +213,7 @@ def fit_epoch(
   *,
   step_fn,
   batch_size: int,
+  mesh: Mesh | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
   """One epoch over a fixed-capacity dataset (leading axis C), shuffled, in ceil(C / batch_size) steps.
 
@@ -224,6 +226,10 @@ def fit_epoch(
     key: shuffling (and the step key, folded per batch).
     step_fn: `train_step` with its keyword arguments bound.
     batch_size: rows per step; C is padded with unreal rows up to a multiple of it.
+    mesh: when given, every batch is split along the mesh's data axis (data parallelism: each device
+      takes the gradient of its own rows, and the mean over the batch becomes a cross-device sum).
+      Without it the batches take whatever sharding the dataset has; a dataset built inside a larger
+      program is usually replicated, and then every device would compute the whole batch.
   """
   capacity = dataset.where_B.shape[0]
   num_batches = -(-capacity // batch_size)
@@ -238,6 +244,8 @@ def fit_epoch(
     i, rows, real_rows = inputs
     batch = jax.tree.map(lambda x: x[rows], dataset)
     batch = batch.replace(where_B=batch.where_B & real_rows)
+    if mesh is not None:
+      batch = jax.lax.with_sharding_constraint(batch, sharding.leading_axis(mesh))
 
     def run(state):
       return step_fn(state, batch, jax.random.fold_in(step_key, i))
