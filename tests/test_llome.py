@@ -93,9 +93,10 @@ def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
 
 # Float sums run in a mesh-dependent order on 8 fake devices (training is data-parallel, so the batch
 # mean becomes a cross-device sum; each device gets fewer CPU threads, so matmuls block differently):
-# one trained round leaves the 1- and 8-device policies ~1e-5 apart. Sampling thousands of tokens from them, a near-tie then
-# flips the odd token, and label selection (a uniform draw from the eligible pool) turns one changed
-# generation into a different labelled set, so trained rounds are compared as statistics, not exactly.
+# one trained round leaves the 1- and 8-device policies ~1e-5 apart. Sampling thousands of tokens
+# from them, a near-tie then flips the odd token, and label selection (a uniform draw from the
+# eligible pool) turns one changed generation into a different labelled set, so trained rounds are
+# compared as statistics, not exactly.
 # The inner loop on one fixed policy does decode identically on both meshes (tests/test_inner_loop.py).
 _ROUND_ONE_EXACT = (
   'round',
