@@ -1,5 +1,5 @@
 """All Orbax use: the whole loop state saved as numbered steps under one directory, restored onto any
-mesh. A step holds the state pytree (Orbax `StandardSave`) and a small JSON metadata dict.
+mesh. A step holds the state pytree (Orbax's PyTree format) and a small JSON metadata dict.
 """
 
 import contextlib
@@ -26,6 +26,21 @@ class _OrbaxInfo(logging.Filter):
     return record.levelno >= logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
 
 
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """Orbax's PyTree handler, with each shard of a jax.Array written by its replica 0.
+
+  Orbax's default on CPU and TPU (`use_replica_parallel`) splits a replicated array between its
+  replicas, each writing a slice. In one process that is an eager slice per array, replica and shape,
+  each compiled: 72 compiles, 6.6 s, of a 40 s smoke run on 8 devices, for a state of a few MB.
+  """
+  array_handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+  others = [ty for ty in ocp.type_handlers.supported_types() if ty is not jax.Array]
+  registry = ocp.type_handlers.create_type_handler_registry(
+    (jax.Array, array_handler), *((ty, ocp.type_handlers.get_type_handler(ty)) for ty in others)
+  )
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
 @contextlib.contextmanager
 def _manager(path: str, *, writer: bool = False, keep: int | None = None):
   """A reader creates and deletes nothing (Orbax's `read_only` would do the same, with warnings)."""
@@ -40,8 +55,14 @@ def _manager(path: str, *, writer: bool = False, keep: int | None = None):
   logger, quiet = logging.getLogger('absl'), _OrbaxInfo()
   logger.addFilter(quiet)
   try:
-    handlers = {_STATE: ocp.StandardCheckpointHandler(), _METADATA: ocp.JsonCheckpointHandler()}
-    with ocp.CheckpointManager(path, options=options, item_handlers=handlers) as manager:
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    state_handler = _state_handler()
+    registry.add(_STATE, ocp.args.PyTreeSave, state_handler)
+    registry.add(_STATE, ocp.args.PyTreeRestore, state_handler)
+    json_handler = ocp.JsonCheckpointHandler()
+    registry.add(_METADATA, ocp.args.JsonSave, json_handler)
+    registry.add(_METADATA, ocp.args.JsonRestore, json_handler)
+    with ocp.CheckpointManager(path, options=options, handler_registry=registry) as manager:
       yield manager
   finally:
     logger.removeFilter(quiet)
@@ -101,7 +122,7 @@ def save(
     if latest is not None and step <= latest:  # Orbax would silently skip the save.
       raise ValueError(f'step {step} must be greater than the latest step {latest} in {path}.')
     items = {
-      _STATE: ocp.args.StandardSave(jax.tree.map(_key_data, state)),
+      _STATE: ocp.args.PyTreeSave(jax.tree.map(_key_data, state)),
       _METADATA: ocp.args.JsonSave(metadata),
     }
     manager.save(step, args=ocp.args.Composite(**items))
@@ -212,7 +233,11 @@ def _read(manager: ocp.CheckpointManager, step: int, raw_abstract: PyTree, where
   When one read fails, Orbax abandons the other failed reads, and asyncio would log each with a long
   TensorStore traceback whenever it is collected; they are collected here, unlogged, instead.
   """
-  items = {_STATE: ocp.args.StandardRestore(raw_abstract), _METADATA: ocp.args.JsonRestore()}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(raw_abstract)
+  items = {
+    _STATE: ocp.args.PyTreeRestore(raw_abstract, restore_args=restore_args),
+    _METADATA: ocp.args.JsonRestore(),
+  }
   logger, quiet = logging.getLogger('asyncio'), _DropUnretrievedErrors()
   logger.addFilter(quiet)
   try:
