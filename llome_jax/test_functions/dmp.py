@@ -17,6 +17,7 @@ def banded_mask(num_states: int, bandwidth: int) -> np.ndarray:
   return (offsets_VxV <= bandwidth) | (offsets_VxV >= num_states - bandwidth)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2), static_argnames=('softmax_temp',))
 def sample_transition_matrix(
   key: PRNGKeyArray, num_states: int, bandwidth: int, *, softmax_temp: float = 0.5
 ) -> Float[Array, 'V V']:
@@ -55,6 +56,7 @@ def is_ergodic(transition_matrix) -> bool:
   return bool(np.all(result_VxV > 0))
 
 
+@jax.jit
 def stationary_distribution(transition_matrix: Float[Array, 'V V']) -> Float[Array, ' V']:
   """Solves pi = pi A with sum(pi) = 1 by least squares on the stacked system, as holo does."""
   num_states = transition_matrix.shape[0]

@@ -4,6 +4,7 @@
 procedure with JAX keys (holo's own instances come from torch's generator: load those, see `instances`).
 """
 
+import functools
 import math
 
 import flax.struct
@@ -149,18 +150,21 @@ def _check_dim(params: EhrlichParams, dim: int) -> None:
     )
 
 
+# Jitted, so that a call outside jit compiles one program per input shape instead of running (and
+# compiling) each of the kernels' dozens of ops eagerly: ~2.5 s per new shape on 2 CPU cores.
+@functools.partial(jax.jit, static_argnums=0)
+def _map_chunks(chunk_fn, params: EhrlichParams, x: jax.Array) -> jax.Array:
+  return ehrlich_kernels.map_chunks(chunk_fn, params, x)
+
+
 def is_feasible(params: EhrlichParams, x: Int[Array, '... L']) -> jax.Array:
   """True where every token is in [0, v) and no adjacent pair is a banned transition."""
-  return ehrlich_kernels.map_chunks(
-    ehrlich_kernels.feasible_chunk, params, ehrlich_kernels.as_tokens(params, x)
-  )
+  return _map_chunks(ehrlich_kernels.feasible_chunk, params, ehrlich_kernels.as_tokens(params, x))
 
 
 def motif_presence(params: EhrlichParams, x: Int[Array, '... L']) -> Float[Array, '... M']:
   """Quantised fraction h_i of each motif present at its best window, as holo computes it (float32)."""
-  return ehrlich_kernels.map_chunks(
-    ehrlich_kernels.presence_chunk, params, ehrlich_kernels.as_tokens(params, x)
-  )
+  return _map_chunks(ehrlich_kernels.presence_chunk, params, ehrlich_kernels.as_tokens(params, x))
 
 
 response = ehrlich_kernels.response
@@ -181,7 +185,7 @@ def evaluate(params: EhrlichParams, x: Int[Array, '... L']) -> Float[Array, '...
   """
   x = ehrlich_kernels.as_tokens(params, x)
   _check_dim(params, x.shape[-1])
-  return ehrlich_kernels.map_chunks(ehrlich_kernels.value_chunk, params, x)
+  return _map_chunks(ehrlich_kernels.value_chunk, params, x)
 
 
 def observe(
