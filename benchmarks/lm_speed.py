@@ -77,6 +77,15 @@ def time_sample(cfg, num_prompts: int, prompt_len: int, new_tokens: int, top_k: 
   return best_seconds(lambda: sample(next(keys), params), repeats)
 
 
+def sampling_flops(cfg: model.ModelConfig, num_prompts: int, prompt_len: int, new_tokens: int) -> int:
+  """Model FLOPs of batched decoding: the prompts' forward pass (logits of the last position only),
+  then one token per row per step attending over the tokens so far."""
+  vocab = 2 * cfg.width * cfg.vocab_size
+  prefill = prompt_len * (model.flops_per_token(cfg, prompt_len) - vocab) + vocab
+  decode = sum(model.flops_per_token(cfg, prompt_len + i + 1) for i in range(new_tokens))
+  return num_prompts * (prefill + decode)
+
+
 def time_matmul(sizes) -> float:
   best = 0.0
   dot = jax.jit(jnp.dot)
@@ -146,12 +155,22 @@ def main() -> None:
       f'{t["gflops_per_s"]:6.1f} GFLOP/s  = {t["gflops_per_s"] / peak:.0%} of peak'
     )
     print(f'  ratio llome_jax / torch: {t["seconds_per_step"] / train_s:.2f}x')
+  sample_gflop = sampling_flops(cfg, args.num_prompts, args.prompt_len, args.max_new_tokens) / 1e9
   print(f'sampling ({args.num_prompts} prompts x {args.max_new_tokens} new tokens, top-k {args.top_k}):')
-  print(f'  llome_jax {sample_s:8.3f} s   {new_tokens / sample_s:10,.0f} new tok/s')
+  print(
+    f'  llome_jax {sample_s:8.3f} s   {new_tokens / sample_s:10,.0f} new tok/s  '
+    f'{sample_gflop / sample_s:6.1f} GFLOP/s  = {sample_gflop / sample_s / peak:.0%} of peak'
+  )
   if hf:
     s = hf['sample']
-    print(f'  torch     {s["seconds"]:8.3f} s   {s["new_tokens_per_s"]:10,.0f} new tok/s')
+    print(
+      f'  torch     {s["seconds"]:8.3f} s   {s["new_tokens_per_s"]:10,.0f} new tok/s  '
+      f'{sample_gflop / s["seconds"]:6.1f} GFLOP/s  = {sample_gflop / s["seconds"] / peak:.0%} of peak'
+    )
     print(f'  ratio llome_jax / torch: {s["seconds"] / sample_s:.2f}x')
+    # The model FLOPs at the matmul peak bound any implementation's time from below.
+    bound = s['seconds'] / (sample_gflop / peak)
+    print(f'  bound: {sample_gflop:.1f} GFLOP at 100% of peak would be {bound:.2f}x torch')
 
 
 if __name__ == '__main__':
