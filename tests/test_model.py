@@ -1,5 +1,6 @@
 """Tests of the GPT-NeoX policy: presets, masking and positions, the KV cache, dtypes, jit."""
 
+import dataclasses
 import functools
 
 import chex
@@ -178,3 +179,28 @@ def test_gelu_is_exact_erf_gelu_with_its_true_gradient():
     grad, jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x), atol=2e-6
   )
   jax.test_util.check_grads(model._gelu, (x[::50],), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize('fraction', [0.25, 0.375, 1.0])
+def test_rotary_tables_rotate_as_the_neox_formula(fraction):
+  # Head width 16: a quarter (4 dims) and a whole head take the reversal path, 6 dims the concatenation.
+  cfg = model.ModelConfig(vocab_size=8, num_layers=1, num_heads=2, width=32, ff_width=8, max_len=64)
+  cfg = dataclasses.replace(cfg, rotary_fraction=fraction)
+  x = np.asarray(jax.random.normal(jax.random.key(0), (2, 5, 2, 16)), np.float64)
+  positions = np.array([[0, 1, 2, 3, 4], [0, 0, 7, 8, 40]])
+  r, half = cfg.rotary_dims, cfg.rotary_dims // 2
+  angles = positions[..., None, None] / cfg.rotary_base ** (np.arange(half) / half * 1.0)
+  angles = np.concatenate([angles, angles], axis=-1)  # [B, T, 1, r]
+  rot = x[..., :r]
+  expected = np.concatenate(
+    [
+      rot * np.cos(angles) + np.concatenate([-rot[..., half:], rot[..., :half]], -1) * np.sin(angles),
+      x[..., r:],
+    ],
+    axis=-1,
+  )
+  got = jax.jit(lambda x, p: model._rotate(x, model.rotary_tables(p, cfg), cfg))(
+    x.astype(np.float32), positions
+  )
+  np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)
+  chex.assert_trees_all_equal(got[..., r:], jnp.asarray(x[..., r:], jnp.float32))  # Pass-through, exactly.
