@@ -24,7 +24,10 @@ setuptools.setup(
   ],
   extras_require={
     'test': ['pytest==9.2.0', 'pytest-xdist==3.8.0', 'ruff==0.17.6'],
+    # BUILD.md installs '.[cuda12]' or '.[cuda13]' (by the driver's CUDA major version); 'cuda' is cuda12.
     'cuda': ['jax[cuda12]==0.10.2'],
+    'cuda12': ['jax[cuda12]==0.10.2'],
+    'cuda13': ['jax[cuda13]==0.10.2'],
     'tpu': ['jax[tpu]==0.10.2'],
   },
 )
