@@ -8,12 +8,17 @@ Train: one AdamW step (gradient clipped at 1) on next-token cross-entropy over B
 Also measured in this run: the machine's fp32 matmul throughput (best of torch and XLA on large square
 matmuls), against which the train step's model FLOPs are reported. Goals on a 2-core CPU: train step
 >= torch and >= 70% of matmul throughput; sampling >= 3x torch.
+
+On Linux, run it as `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python benchmarks/lm_speed.py` to time both
+sides with glibc's large blocks on transparent huge pages (README, "Speed and memory"); the second line
+printed says which setting a run had.
 """
 
 import argparse
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import subprocess
 import tempfile
@@ -26,6 +31,17 @@ import numpy as np
 from llome_jax import codec, model, sampling, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def host_memory() -> str:
+  """How large host buffers are backed. XLA:CPU allocates each execution's temporaries afresh, and
+  whether glibc asks for transparent huge pages for them moves the train step by ~20% (README)."""
+  try:
+    text = pathlib.Path('/sys/kernel/mm/transparent_hugepage/enabled').read_text()
+    mode = text[text.index('[') + 1 : text.index(']')]
+  except (OSError, ValueError):
+    mode = 'unknown'
+  return f'transparent huge pages: {mode}; GLIBC_TUNABLES={os.environ.get("GLIBC_TUNABLES", "(unset)")}'
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -116,6 +132,7 @@ def main() -> None:
   print(
     f'{args.preset}: {model.num_params(model.abstract_params(cfg)[1]):,} params, {jax.devices()[0].platform}'
   )
+  print(host_memory())
 
   hf = None
   if not args.skip_hf:
