@@ -27,7 +27,8 @@ COLLAPSE_THRESHOLDS = ((0.075, 0.6), (0.1, 0.4), (0.15, 0.2))
 class InnerLoopConfig:
   """Decoding settings per seed: greedy (if `greedy`) plus `samples_per_temperature` samples at each
   temperature; `num_iterations` edits per trajectory. `chunk_rows` trajectories are decoded at a time
-  (KV-cache memory); it is part of the random stream, so changing it changes the samples."""
+  (KV-cache memory); it is part of the random stream, so changing it changes the samples.
+  `row_groups` is `sampling.SampleConfig.row_groups` (None: 2 on CPU, 1 on accelerators)."""
 
   num_iterations: int = 10
   temperatures: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2, 1.4, 1.6)
@@ -37,6 +38,7 @@ class InnerLoopConfig:
   logprobs: str = 'model'
   constrained: bool = True
   chunk_rows: int = 1024
+  row_groups: int | None = None
 
   def __post_init__(self):
     if self.num_iterations < 1:
@@ -49,6 +51,10 @@ class InnerLoopConfig:
       raise ValueError('The inner loop needs at least one decoding setting per seed.')
     if self.chunk_rows < 1:
       raise ValueError(f'chunk_rows must be positive, got {self.chunk_rows}.')
+    if self.row_groups is not None and self.row_groups < 1:
+      raise ValueError(
+        f'row_groups must be positive (or None for the platform default), got {self.row_groups}.'
+      )
 
   @property
   def rows_per_seed(self) -> int:
@@ -144,6 +150,7 @@ def run(
     pad_id=codec.pad_id,
     top_k=cfg.top_k,
     logprobs=cfg.logprobs,
+    row_groups=cfg.row_groups,
   )
   allowed = codec.allowed_tokens_GxV(codec.max_target_len) if cfg.constrained else None
 

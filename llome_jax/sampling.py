@@ -26,6 +26,15 @@ class SampleConfig:
   model, so likelihoods are comparable across temperatures; 'tempered' reports it under the
   distribution actually sampled from (temperature and top-k applied), which is what the reference
   ranks by and which favours low temperatures. Greedy rows report the model's log-probability in both.
+
+  `row_groups`: the batch runs through the model as this many independent groups of rows (row r in
+  group r mod G), each with its own cache. The numbers are the same; the point is the schedule. XLA:CPU
+  runs one small op at a time per dependency chain, so independent groups let its threads decode side
+  by side: with the f2 policy (width 128, 1,700 rows) a decode took 0.76-0.80 s in two groups against
+  0.94-1.11 s in one, on 2 cores, and an f2 MargE round 27 s instead of 36 s, with the same metrics;
+  with the `small` preset at 256 rows, whose matmuls already use both cores, the two tie. On
+  accelerators one group is best (fewer, larger kernels). None picks 2 on the CPU backend and 1
+  elsewhere; a count that does not divide the batch falls back to 1.
   """
 
   max_new_tokens: int
@@ -33,10 +42,15 @@ class SampleConfig:
   pad_id: int
   top_k: int = 0
   logprobs: str = 'model'
+  row_groups: int | None = None
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError(f'max_new_tokens must be positive, got {self.max_new_tokens}.')
+    if self.row_groups is not None and self.row_groups < 1:
+      raise ValueError(
+        f'row_groups must be positive (or None for the platform default), got {self.row_groups}.'
+      )
     if self.top_k < 0:
       raise ValueError(f'top_k must be >= 0 (0 disables it), got {self.top_k}.')
     if self.logprobs not in LOGPROB_MODES:
@@ -105,6 +119,24 @@ def _choose(key, logits_BxV, temperature_B, allowed_BxV, cfg: SampleConfig):
   return token_B, logp_B
 
 
+def _num_groups(cfg: SampleConfig, batch_size: int) -> int:
+  groups = cfg.row_groups
+  if groups is None:
+    groups = 2 if jax.default_backend() == 'cpu' else 1
+  return groups if batch_size % groups == 0 else 1
+
+
+def _split_rows(x_BxN: Array, groups: int) -> tuple[Array, ...]:
+  """Rows r = i * groups + g go to group g: a reshape that keeps a row-sharded batch on its devices."""
+  x = x_BxN.reshape(x_BxN.shape[0] // groups, groups, *x_BxN.shape[1:])
+  return tuple(x[:, g] for g in range(groups))
+
+
+def _join_rows(parts: tuple[Array, ...]) -> Array:
+  joined = jnp.stack(parts, axis=1)
+  return joined.reshape(-1, *joined.shape[2:])
+
+
 def sample(
   key: PRNGKeyArray,
   graphdef: nnx.GraphDef,
@@ -142,11 +174,24 @@ def sample(
     raise ValueError(f'prompt length {t} + {g} new tokens exceeds the model max_len {model_cfg.max_len}.')
   temperature_B = jnp.broadcast_to(jnp.asarray(temperature_B, jnp.float32), (b,))
 
-  cache = model_lib.init_cache(model_cfg, b, t + g)
-  logits_Bx1xV, cache = model_lib.apply(graphdef, params, prompts_BxT, prompt_mask_BxT, cache, last_only=True)
+  groups = _num_groups(cfg, b)
+
+  def forward(tokens_BxT, mask_BxT, caches):
+    """The model on each row group with its own cache; logits of the last position, rows rejoined."""
+    logits, new_caches = [], []
+    for tokens, mask, cache in zip(
+      _split_rows(tokens_BxT, groups), _split_rows(mask_BxT, groups), caches, strict=True
+    ):
+      logits_Nx1xV, cache = model_lib.apply(graphdef, params, tokens, mask, cache, last_only=True)
+      logits.append(logits_Nx1xV[:, 0])
+      new_caches.append(cache)
+    return _join_rows(tuple(logits)), tuple(new_caches)
+
+  caches = tuple(model_lib.init_cache(model_cfg, b // groups, t + g) for _ in range(groups))
+  logits_BxV, caches = forward(prompts_BxT, prompt_mask_BxT, caches)
 
   def step(carry, inputs):
-    cache, logits_BxV, done_B = carry
+    caches, logits_BxV, done_B = carry
     i, allowed_V = inputs
     allowed_BxV = jnp.broadcast_to(allowed_V, logits_BxV.shape)
     token_B, logp_B = _choose(jax.random.fold_in(key, i), logits_BxV, temperature_B, allowed_BxV, cfg)
@@ -154,10 +199,10 @@ def sample(
     token_B = jnp.where(live_B, token_B, cfg.pad_id)
     logp_B = jnp.where(live_B, logp_B, 0.0)
     done_B = done_B | (token_B == cfg.eos_id)
-    next_logits_Bx1xV, cache = model_lib.apply(graphdef, params, token_B[:, None], live_B[:, None], cache)
-    return (cache, next_logits_Bx1xV[:, 0], done_B), (token_B, logp_B, live_B)
+    next_logits_BxV, caches = forward(token_B[:, None], live_B[:, None], caches)
+    return (caches, next_logits_BxV, done_B), (token_B, logp_B, live_B)
 
-  carry = (cache, logits_Bx1xV[:, 0], jnp.zeros((b,), bool))
+  carry = (caches, logits_BxV, jnp.zeros((b,), bool))
   _, (tokens_GxB, logps_GxB, live_GxB) = jax.lax.scan(step, carry, (jnp.arange(g), allowed_GxV))
   return Samples(tokens_BxG=tokens_GxB.T, logps_BxG=logps_GxB.T, mask_BxG=live_GxB.T)
 

@@ -216,3 +216,24 @@ def test_kth_largest_by_bisection_equals_top_k(k):
   x = x.at[3].set(jnp.round(x[3])).at[4].set(-jnp.abs(x[4]))
   got = jax.jit(sampling._kth_largest, static_argnums=1)(x, k)
   chex.assert_trees_all_equal(got, jax.lax.top_k(x, k)[0][:, -1:])
+
+
+def test_row_groups_decode_the_same_rows(policy):
+  # Groups change the schedule, not the numbers: every row's tokens and log-probs match one group's,
+  # with left-padded prompts, mixed greedy and sampled rows, and a count that does not divide the batch.
+  graphdef, params = policy
+  _, prompts = _prompts(batch=12, seed=3)
+  mask = prompts.mask_BxT.at[::3, :2].set(False)
+  temperature = jnp.tile(jnp.array([0.0, 0.7, 1.3]), 4)
+  outs = {
+    groups: _sampler(graphdef, row_groups=groups, top_k=5)(
+      jax.random.key(2), params, prompts.tokens_BxT, mask, temperature
+    )
+    for groups in (1, 2, 4, 5)
+  }
+  for groups in (2, 4, 5):
+    chex.assert_trees_all_equal(outs[groups].tokens_BxG, outs[1].tokens_BxG)
+    chex.assert_trees_all_equal(outs[groups].mask_BxG, outs[1].mask_BxG)
+    chex.assert_trees_all_close(outs[groups].logps_BxG, outs[1].logps_BxG, atol=1e-6)
+  with pytest.raises(ValueError, match='row_groups'):
+    sampling.SampleConfig(4, 1, 0, row_groups=0)
