@@ -51,10 +51,7 @@ class InnerLoopConfig:
       raise ValueError('The inner loop needs at least one decoding setting per seed.')
     if self.chunk_rows < 1:
       raise ValueError(f'chunk_rows must be positive, got {self.chunk_rows}.')
-    if self.row_groups is not None and self.row_groups < 1:
-      raise ValueError(
-        f'row_groups must be positive (or None for the platform default), got {self.row_groups}.'
-      )
+    sampling.check_row_groups(self.row_groups)
 
   @property
   def rows_per_seed(self) -> int:

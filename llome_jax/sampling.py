@@ -47,10 +47,7 @@ class SampleConfig:
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError(f'max_new_tokens must be positive, got {self.max_new_tokens}.')
-    if self.row_groups is not None and self.row_groups < 1:
-      raise ValueError(
-        f'row_groups must be positive (or None for the platform default), got {self.row_groups}.'
-      )
+    check_row_groups(self.row_groups)
     if self.top_k < 0:
       raise ValueError(f'top_k must be >= 0 (0 disables it), got {self.top_k}.')
     if self.logprobs not in LOGPROB_MODES:
@@ -117,6 +114,11 @@ def _choose(key, logits_BxV, temperature_B, allowed_BxV, cfg: SampleConfig):
     tempered_B = jnp.take_along_axis(tempered_logps_BxV, token_B[:, None], axis=-1)[:, 0]
     logp_B = jnp.where(greedy_B, logp_B, tempered_B)
   return token_B, logp_B
+
+
+def check_row_groups(row_groups: int | None) -> None:
+  if row_groups is not None and row_groups < 1:
+    raise ValueError(f'row_groups must be positive (or None for the platform default), got {row_groups}.')
 
 
 def _num_groups(cfg: SampleConfig, batch_size: int) -> int:

@@ -219,3 +219,8 @@ def test_rows_split_across_a_mesh_decode_as_on_one_device(setup):
   np.testing.assert_array_equal(parts.inputs_IxRxL, whole.inputs_IxRxL)
   np.testing.assert_array_equal(parts.valid_IxR, whole.valid_IxR)
   np.testing.assert_allclose(parts.mean_logp_IxR, whole.mean_logp_IxR, atol=1e-5)
+
+
+def test_bad_row_groups_fail_at_config_time():
+  with pytest.raises(ValueError, match='row_groups must be positive'):
+    inner_loop.InnerLoopConfig(row_groups=0)
