@@ -5,18 +5,16 @@ Kept apart from the instance definition because everything here is shaped by XLA
 """
 
 import math
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-if TYPE_CHECKING:
-  from llome_jax.test_functions.ehrlich import EhrlichParams
+from llome_jax.test_functions import ehrlich_params
 
 
-def response(params: 'EhrlichParams', presence: Float[Array, '...']) -> Float[Array, '...']:
+def response(params: ehrlich_params.EhrlichParams, presence: Float[Array, '...']) -> Float[Array, '...']:
   """rho(h) = (e h (h - 1) + 1) h, in holo's operation order."""
   coeff = params.epistasis_factor * presence * (presence - 1.0) + 1.0
   return coeff * presence
@@ -35,7 +33,7 @@ def chunk_rows() -> int:
   return CPU_CHUNK_ROWS if jax.default_backend() == 'cpu' else ACCELERATOR_CHUNK_ROWS
 
 
-def as_tokens(params: 'EhrlichParams', x) -> jax.Array:
+def as_tokens(params: ehrlich_params.EhrlichParams, x) -> jax.Array:
   """The input as a JAX integer array, without silently wrapping wide host integers.
 
   With x64 off, jnp.asarray truncates int64 to int32, so 2**32 + t would score as token t; host
@@ -51,7 +49,7 @@ def as_tokens(params: 'EhrlichParams', x) -> jax.Array:
   return x
 
 
-def encode_tokens(params: 'EhrlichParams', x_BxL: jax.Array) -> jax.Array:
+def encode_tokens(params: ehrlich_params.EhrlichParams, x_BxL: jax.Array) -> jax.Array:
   """Tokens in the narrowest unsigned dtype, with every out-of-range token replaced by the sentinel v.
 
   The sentinel never equals a motif element and its transitions are all banned, so the range check
@@ -65,7 +63,7 @@ def encode_tokens(params: 'EhrlichParams', x_BxL: jax.Array) -> jax.Array:
   return jnp.where(in_range_BxL, x_BxL, num_states).astype(token_dtype)
 
 
-def feasible_chunk(params: 'EhrlichParams', tokens_CxL: jax.Array) -> jax.Array:
+def feasible_chunk(params: ehrlich_params.EhrlichParams, tokens_CxL: jax.Array) -> jax.Array:
   """No banned transition (the sentinel's are all banned), via a bitmask row per state.
 
   Row s packs allowed[s, :] into 32-bit words, so each transition costs a gather of one word from a
@@ -88,7 +86,7 @@ def feasible_chunk(params: 'EhrlichParams', tokens_CxL: jax.Array) -> jax.Array:
   return jnp.min(pair_ok_CxL, axis=-1) > 0  # A uint8 min reduces much faster than a bool `all` on CPU.
 
 
-def presence_chunk(params: 'EhrlichParams', tokens_CxL: jax.Array) -> jax.Array:
+def presence_chunk(params: ehrlich_params.EhrlichParams, tokens_CxL: jax.Array) -> jax.Array:
   """[C, M] quantised motif presence, holo's formula on narrow integer window counts."""
   length = tokens_CxL.shape[-1]
   count_dtype = jnp.int8 if params.motif_length < 2**7 else jnp.int32
@@ -110,7 +108,7 @@ def presence_chunk(params: 'EhrlichParams', tokens_CxL: jax.Array) -> jax.Array:
   return jnp.stack(per_motif, axis=-1)
 
 
-def value_chunk(params: 'EhrlichParams', tokens_CxL: jax.Array) -> jax.Array:
+def value_chunk(params: ehrlich_params.EhrlichParams, tokens_CxL: jax.Array) -> jax.Array:
   contributions_CxM = response(params, presence_chunk(params, tokens_CxL))
   value_C = contributions_CxM[:, 0]
   for i in range(1, params.num_motifs):  # Sequential, as torch's prod over a stacked dim 0.
@@ -118,7 +116,7 @@ def value_chunk(params: 'EhrlichParams', tokens_CxL: jax.Array) -> jax.Array:
   return jnp.where(feasible_chunk(params, tokens_CxL), value_C, -jnp.inf)
 
 
-def map_chunks(chunk_fn, params: 'EhrlichParams', x: jax.Array) -> jax.Array:
+def map_chunks(chunk_fn, params: ehrlich_params.EhrlichParams, x: jax.Array) -> jax.Array:
   """Applies chunk_fn(params, tokens_CxL) -> [C, ...] to x [..., L] in chunks of `chunk_rows()` rows.
 
   The next chunk is encoded into the loop carry one iteration ahead, so the kernels read a plain
