@@ -45,7 +45,6 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.log_every < 1:
     raise ValueError(f'log_every must be >= 1, got {config.log_every}.')
   mesh = sharding.make_mesh(config.num_devices)
-  sharding.check_divisible(mesh, cfg.num_particles, 'ga.num_particles')
   workdir = _prepare_workdir(workdir)
   metrics_io.write_json(workdir / 'config.json', config.to_dict())
 

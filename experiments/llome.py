@@ -145,7 +145,6 @@ def _prepare_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict, o
 
 def _seed_data(setup: Setup, config, mesh) -> tuple[np.ndarray, np.ndarray, int]:
   """Runs the seed GA; returns its unique sequences, their values and its oracle calls."""
-  sharding.check_divisible(mesh, setup.ga_cfg.num_particles, 'ga.num_particles')
   objective = sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, setup.ehrlich_params))
   state = ga.init(setup.initial_solution, cfg=setup.ga_cfg)
   state = jax.device_put(state, sharding.ga_state_shardings(mesh, state))

@@ -5,6 +5,7 @@ with sampled rows at several temperatures, as LLOME's inner loop does.
 """
 
 import dataclasses
+import functools
 
 import flax.struct
 import jax
@@ -210,13 +211,22 @@ def sample(
 
 
 def jit_sample(graphdef: nnx.GraphDef, params_shardings, mesh, *, cfg: SampleConfig):
-  """`sample` jitted at the edge: prompts and outputs split over the data axis, params as given."""
-  rows = sharding.leading_axis(mesh)
+  """`sample` jitted at the edge: prompts and outputs split over the data axis (`sharding.rows`: whole
+  when the batch does not divide evenly), params as given. One compilation per batch size."""
   replicated = sharding.replicated(mesh)
-  return jax.jit(
-    lambda key, params, prompts_BxT, mask_BxT, temperature_B, allowed_GxV: sample(
-      key, graphdef, params, prompts_BxT, mask_BxT, temperature_B, cfg=cfg, allowed_GxV=allowed_GxV
-    ),
-    in_shardings=(replicated, params_shardings, rows, rows, rows, replicated),
-    out_shardings=rows,
-  )
+
+  @functools.cache
+  def compiled(num_rows: int):
+    rows = sharding.rows(mesh, num_rows)
+    return jax.jit(
+      lambda key, params, prompts_BxT, mask_BxT, temperature_B, allowed_GxV: sample(
+        key, graphdef, params, prompts_BxT, mask_BxT, temperature_B, cfg=cfg, allowed_GxV=allowed_GxV
+      ),
+      in_shardings=(replicated, params_shardings, rows, rows, rows, replicated),
+      out_shardings=rows,
+    )
+
+  def run(key, params, prompts_BxT, mask_BxT, temperature_B, allowed_GxV):
+    return compiled(prompts_BxT.shape[0])(key, params, prompts_BxT, mask_BxT, temperature_B, allowed_GxV)
+
+  return run

@@ -41,20 +41,49 @@ def leading_axis(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def check_divisible(mesh: Mesh, size: int, what: str) -> None:
-  num_shards = mesh.shape[DATA_AXIS]
-  if size % num_shards:
-    raise ValueError(f'{what}={size} must be divisible by the {num_shards} devices of the mesh data axis.')
+def rows(mesh: Mesh, num_rows: int) -> NamedSharding:
+  """Rows (the leading axis) of a `num_rows`-row array, split across the data axis when they divide
+  evenly, else replicated: arrays crossing a jit boundary must split evenly, so a population of 999 on 8
+  devices stays whole, and `per_shard` still splits the work on it."""
+  return leading_axis(mesh) if num_rows % mesh.shape[DATA_AXIS] == 0 else replicated(mesh)
 
 
 def per_shard(mesh: Mesh, batch_fn):
-  """Runs a per-row batch function on each device's own rows (shard_map over the data axis).
+  """Runs a row-wise batch function on each device's own rows (shard_map over the data axis).
 
   Row-independent work such as evaluating a population then needs no communication, and a function
-  that loops over chunks of its batch (Ehrlich evaluation) loops over local rows only.
+  that loops over chunks of its batch (Ehrlich evaluation) loops over local rows only. Any number of
+  rows works: they are padded with zero rows to a multiple of the data axis and the padding's outputs
+  dropped, so 999 rows on 8 devices give the same values as on 1.
+
+  The shard_map runs without JAX's varying-manual-axes types (`check_vma=False`). `batch_fn` is
+  row-wise and calls no collective, so every value inside it is per-device and the types carry no
+  information; with them on, every loop inside `batch_fn` whose carry starts from a constant (the
+  output buffer of a chunked evaluation) would fail to trace ("carry input and carry output must have
+  equal types"), but only where the loop runs, i.e. on meshes whose shards hold more than one chunk.
+  This is the one shard_map of the package, so the choice is made here and nowhere else.
+
+  Args:
+    mesh: the mesh whose data axis splits the rows.
+    batch_fn: maps arrays with a leading row axis to arrays (or a pytree) with the same leading axis,
+      each output row depending on its input rows only.
+
+  Returns:
+    A function of the same arguments as `batch_fn`, to be called inside or outside jit.
   """
   spec = PartitionSpec(DATA_AXIS)
-  return jax.shard_map(batch_fn, mesh=mesh, in_specs=spec, out_specs=spec)
+  mapped = jax.shard_map(batch_fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+  num_shards = mesh.shape[DATA_AXIS]
+
+  def run(*args):
+    total = jax.tree.leaves(args)[0].shape[0]
+    pad = -total % num_shards
+    if pad:
+      args = jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)), args)
+    out = mapped(*args)
+    return jax.tree.map(lambda y: y[:total], out) if pad else out
+
+  return run
 
 
 def chunked_map(fn, xs, *, rows: int, mesh: Mesh | None = None):
@@ -84,9 +113,9 @@ def chunked_map(fn, xs, *, rows: int, mesh: Mesh | None = None):
 
 
 def ga_state_shardings(mesh: Mesh, state):
-  """GA state: the population is split along the data axis; incumbent, counters and archive replicated."""
+  """GA state: the population split along the data axis (see `rows`); incumbent, counters, archive replicated."""
   shardings = jax.tree.map(lambda _: replicated(mesh), state)
-  return shardings.replace(particles_PxL=leading_axis(mesh))
+  return shardings.replace(particles_PxL=rows(mesh, state.particles_PxL.shape[0]))
 
 
 # Parameter rules by name, for GPT-NeoX layouts (model.py): Megatron-style tensor parallelism (the fused

@@ -282,8 +282,9 @@ def state_shardings(state: TrainState, optimizer: optax.GradientTransformation, 
 
 
 def batch_shardings(batch: Batch, mesh):
-  """Every batch array is split along its leading (row) axis over the data axis."""
-  return jax.tree.map(lambda _: sharding.leading_axis(mesh), batch)
+  """Every batch array is split along its leading (row) axis over the data axis (`sharding.rows`:
+  replicated when the rows do not divide evenly; training inside the step is data-parallel either way)."""
+  return jax.tree.map(lambda x: sharding.rows(mesh, x.shape[0]), batch)
 
 
 def jit_train_step(step_fn, state_sh, batch_sh, mesh):
@@ -309,8 +310,9 @@ def jit_fit_epoch(step_fn, batch_size: int, state_sh, dataset_sh, mesh):
 
 
 def jit_sequence_logps(graphdef, params_sh, pairs_sh, mesh):
-  """Reference log-probabilities of a dataset of pairs, jitted with the dataset split over `data`."""
-  out = sharding.leading_axis(mesh)
+  """Reference log-probabilities of a dataset of pairs, jitted with the dataset split over `data`; the
+  outputs, one per pair, follow the pairs' row sharding."""
+  out = jax.tree.leaves(pairs_sh)[0]
   return jax.jit(
     functools.partial(sequence_logps, graphdef), in_shardings=(params_sh, pairs_sh), out_shardings=(out, out)
   )

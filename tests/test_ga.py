@@ -197,10 +197,10 @@ def test_reaches_the_optimum_in_holos_unit_test_setting():
   np.testing.assert_array_equal(np.diff(np.asarray(metrics['num_evaluations']))[active[1:]], 4096)
 
 
-def _f2_cfg():
+def _f2_cfg(num_particles=1000):
   """The LLOME paper's GA seed-data setting on f2 (recombination at holo's 1.1 / L)."""
   return ga.GAConfig(
-    num_particles=1000,
+    num_particles=num_particles,
     num_states=32,
     mutation_prob=0.005,
     recombine_prob=1.1 / 32,
@@ -209,9 +209,9 @@ def _f2_cfg():
   )
 
 
-def _f2_run(mesh, num_steps=5):
+def _f2_run(mesh, num_steps=5, num_particles=1000):
   instance = instances.load_instance('f2')
-  cfg = _f2_cfg()
+  cfg = _f2_cfg(num_particles)
   state = ga.init(instance.initial_solution, cfg=cfg)
   shardings = sharding.ga_state_shardings(mesh, state)
   objective = sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, instance.params))
@@ -222,12 +222,17 @@ def _f2_run(mesh, num_steps=5):
   return run(jax.random.key(7), jax.device_put(state, shardings))
 
 
-def test_one_device_equals_eight_devices():
+@pytest.mark.parametrize('num_particles', [4096, 1000, 999])
+def test_one_device_equals_eight_devices(num_particles):
+  """Bit for bit, whether the population divides the 8 devices or not. On one device 4,096 particles
+  are evaluated in several chunks inside the shard (the loop that once failed to trace there); 999
+  particles stay whole on 8 devices and the evaluation pads them to 1,000."""
   assert jax.device_count() == 8
-  state_1, metrics_1 = _f2_run(sharding.make_mesh(1))
-  state_8, metrics_8 = _f2_run(sharding.make_mesh(8))
+  state_1, metrics_1 = _f2_run(sharding.make_mesh(1), num_particles=num_particles)
+  state_8, metrics_8 = _f2_run(sharding.make_mesh(8), num_particles=num_particles)
   assert len(state_8.particles_PxL.sharding.device_set) == 8
-  assert state_8.particles_PxL.addressable_shards[0].data.shape == (125, 32)
+  shard_rows = num_particles // 8 if num_particles % 8 == 0 else num_particles
+  assert state_8.particles_PxL.addressable_shards[0].data.shape == (shard_rows, 32)
   chex.assert_trees_all_equal(jax.device_get(state_1), jax.device_get(state_8))
   chex.assert_trees_all_equal(jax.device_get(metrics_1), jax.device_get(metrics_8))
 

@@ -1,6 +1,7 @@
 """Tests for llome_jax.outer_loop on a tiny sampled Ehrlich function and the tiny policy: oracle
 accounting, every objective, chunking invariance (what resume relies on) and the seed fallback."""
 
+import dataclasses
 import functools
 
 import chex
@@ -75,7 +76,9 @@ def problem():
     codec=codec,
     cfg=cfg,
   )
-  return dict(params=params, seqs=seqs, values=values, state=state, run=run, cfg=cfg)
+  return dict(
+    params=params, seqs=seqs, values=values, state=state, run=run, cfg=cfg, graphdef=graphdef, codec=codec
+  )
 
 
 def _copy(tree):
@@ -175,3 +178,44 @@ def test_seeds_fall_back_to_the_best_labelled_sequences(problem):
   np.testing.assert_array_equal(seeds[:2], labelled[order])
   best = np.argsort(-np.asarray(state.history.values_C)[: int(state.history.count)], kind='stable')[:3]
   np.testing.assert_array_equal(seeds[2:], np.asarray(state.history.sequences_CxL)[best])
+
+
+@pytest.mark.parametrize('split_rows', [False, True])
+def test_a_round_on_8_devices_equals_one_device(problem, split_rows):
+  """A whole round on 1 and on 8 devices, rows that do not divide 8 (6 seeds x 5 decoding settings = 30
+  trajectories, 21 labels). Training runs, but at a learning rate of 1e-30 its updates vanish against
+  the parameters in float32, so the policy is in effect fixed: the pairs, the generations (decoded
+  split across the devices or not), the labelled sequences and their oracle values must agree bit for
+  bit. Floats computed by the policy (losses, likelihoods) come from programs compiled for another mesh
+  and may differ in the last bit."""
+  cfg = dataclasses.replace(
+    problem['cfg'],
+    select=labelling.SelectConfig(num_labels=21),
+    sft_optim=train.OptimConfig(learning_rate=1e-30),
+    split_rows=split_rows,
+  )
+  results = []
+  for num_devices in (1, 8):
+    mesh = sharding.make_mesh(num_devices)
+    state_sh = outer_loop.state_shardings(problem['state'], mesh)
+    run = outer_loop.jit_run_rounds(
+      state_sh,
+      mesh,
+      graphdef=problem['graphdef'],
+      ehrlich_params=problem['params'],
+      codec=problem['codec'],
+      cfg=cfg,
+    )
+    state, outputs = run(jax.device_put(_copy(problem['state']), state_sh), 1, 'sft', 1)
+    results.append(jax.device_get((state, outputs)))
+  (state_1, (metrics_1, selection_1, values_1)), (state_8, (metrics_8, selection_8, values_8)) = results
+  assert metrics_1['num_labelled'][0] > 0 and metrics_1['num_pairs'][0] > 0
+  chex.assert_trees_all_equal(selection_8.seqs_NxL, selection_1.seqs_NxL)
+  chex.assert_trees_all_equal(selection_8.where_N, selection_1.where_N)
+  chex.assert_trees_all_equal(values_8, values_1)
+  for name in ('labelled_CxL', 'labelled_values_C', 'history', 'best_value', 'num_evaluations'):
+    chex.assert_trees_all_equal(getattr(state_8, name), getattr(state_1, name))
+  # Integers exactly, floats to a few units in the last place.
+  chex.assert_trees_all_close(metrics_8, metrics_1, rtol=1e-5, atol=0)
+  chex.assert_trees_all_close(selection_8, selection_1, rtol=1e-6, atol=0)
+  chex.assert_trees_all_close(state_8.params, state_1.params, atol=1e-25, rtol=0)
