@@ -1,14 +1,18 @@
-"""Helpers shared by the experiment binaries (no flags here: each binary defines its own)."""
+"""What the experiment binaries share: flags, the test function and GA settings from a config, and the
+workdir protocol (a rerun resumes, another config is refused, --overwrite clears)."""
 
+import json
 import pathlib
+import shutil
+import sys
 
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from llome_jax import ga
+from llome_jax import configs, ga, metrics_io
 from llome_jax.test_functions import ehrlich, instances
 
 _DEFAULT_ARCHIVE_LIMIT = 100_000
@@ -20,27 +24,72 @@ WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the outputs.')
 DISTRIBUTED = flags.DEFINE_bool(
   'distributed', False, 'Multi-host: call jax.distributed.initialize() first (run on every host).'
 )
+OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete a workdir that holds another config, then run.')
+
+# The keys that describe a sampled instance (test_function.name == ''). A named instance fixes all of
+# them itself, so setting one beside a name is a contradiction, not a refinement.
+SAMPLED_KEYS = ('num_states', 'dim', 'num_motifs', 'motif_length', 'quantization', 'epistasis_factor')
+_REQUIRED_SAMPLED_KEYS = ('num_states', 'dim', 'num_motifs', 'motif_length')
+
+
+def _check_test_function_keys(tf_config: ml_collections.ConfigDict) -> None:
+  def dotted(keys):
+    return [f'test_function.{k}' for k in keys]
+
+  if tf_config.name:
+    contradicting = [k for k in SAMPLED_KEYS if tf_config[k] is not None]
+    if contradicting:
+      raise ValueError(
+        f'test_function.name={tf_config.name!r} picks a stored instance, which fixes its own parameters, '
+        f'so {dotted(contradicting)} would be ignored. Unset them, or set test_function.name= (empty) to '
+        'sample an instance from them.'
+      )
+    return
+  unset = [k for k in _REQUIRED_SAMPLED_KEYS if tf_config[k] is None]
+  if unset:
+    raise ValueError(
+      f'test_function.name is empty, which samples an instance from {dotted(_REQUIRED_SAMPLED_KEYS)}; '
+      f'{dotted(unset)} are unset. Set them, or name a stored instance.'
+    )
+  if tf_config.instance_file:
+    raise ValueError(
+      f'test_function.instance_file={tf_config.instance_file!r} is only read for a named instance, but '
+      'test_function.name is empty (a sampled instance). Set test_function.name, or unset instance_file.'
+    )
 
 
 def resolve_test_function(tf_config: ml_collections.ConfigDict):
-  """Returns (params, dim, initial_solution) for a shipped instance or a sampled one."""
-  if tf_config.name:
-    instance = instances.load_instance(tf_config.name, tf_config.instance_file or None)
-    initial = instance.initial_solution
-    if initial is None:
-      initial = ehrlich.initial_solution(jax.random.key(tf_config.seed), instance.params, instance.dim)[0]
-    return instance.params, instance.dim, np.asarray(initial)
-  key = jax.random.key(tf_config.seed)
-  params = ehrlich.sample_params(
-    key,
-    num_states=tf_config.num_states,
-    dim=tf_config.dim,
-    num_motifs=tf_config.num_motifs,
-    motif_length=tf_config.motif_length,
-    quantization=tf_config.quantization,
-    epistasis_factor=tf_config.epistasis_factor,
-  )
-  initial = ehrlich.initial_solution(jax.random.fold_in(key, 1), params, tf_config.dim)[0]
+  """Returns (params, dim, initial_solution) for a stored instance or a sampled one.
+
+  Raises ValueError, naming the keys, for sampled-instance keys set beside a named instance, a sampled
+  instance missing its sizes, a `seed` that a stored initial solution makes meaningless, and for
+  impossible Ehrlich parameters.
+  """
+  _check_test_function_keys(tf_config)
+  seed = 0 if tf_config.seed is None else tf_config.seed
+  with configs.section('test_function'):
+    if tf_config.name:
+      instance = instances.load_instance(tf_config.name, tf_config.instance_file or None)
+      initial = instance.initial_solution
+      if initial is None:
+        initial = ehrlich.initial_solution(jax.random.key(seed), instance.params, instance.dim)[0]
+      elif tf_config.seed is not None:
+        raise ValueError(
+          f'seed={tf_config.seed} would be ignored: instance {tf_config.name!r} stores its initial '
+          'solution (the seed only draws one for a sampled instance or one stored without it).'
+        )
+      return instance.params, instance.dim, np.asarray(initial)
+    key = jax.random.key(seed)
+    params = ehrlich.sample_params(
+      key,
+      num_states=tf_config.num_states,
+      dim=tf_config.dim,
+      num_motifs=tf_config.num_motifs,
+      motif_length=tf_config.motif_length,
+      quantization=tf_config.quantization,
+      epistasis_factor=0.0 if tf_config.epistasis_factor is None else tf_config.epistasis_factor,
+    )
+    initial = ehrlich.initial_solution(jax.random.fold_in(key, 1), params, tf_config.dim)[0]
   return params, tf_config.dim, np.asarray(initial)
 
 
@@ -49,14 +98,76 @@ def make_ga_config(ga_config: ml_collections.ConfigDict, num_states: int, dim: i
   if capacity is None:
     capacity = min(ga_config.num_particles * ga_config.num_steps, _DEFAULT_ARCHIVE_LIMIT)
   recombine_prob = ga_config.recombine_prob
-  return ga.GAConfig(
-    num_particles=ga_config.num_particles,
-    num_states=num_states,
-    mutation_prob=ga_config.mutation_prob,
-    recombine_prob=1.1 / dim if recombine_prob is None else recombine_prob,
-    survival_quantile=ga_config.survival_quantile,
-    archive_capacity=capacity,
-  )
+  with configs.section('ga'):
+    return ga.GAConfig(
+      num_particles=ga_config.num_particles,
+      num_states=num_states,
+      mutation_prob=ga_config.mutation_prob,
+      recombine_prob=1.1 / dim if recombine_prob is None else recombine_prob,
+      survival_quantile=ga_config.survival_quantile,
+      archive_capacity=capacity,
+    )
+
+
+def config_differences(held, wanted, prefix: str = '') -> list[str]:
+  """Dotted keys whose values differ between two configs as JSON dicts, with both values."""
+  changes = []
+  for key in sorted(set(held) | set(wanted)):
+    a, b = held.get(key, '<absent>'), wanted.get(key, '<absent>')
+    if isinstance(a, dict) and isinstance(b, dict):
+      changes += config_differences(a, b, f'{prefix}{key}.')
+    elif a != b:
+      changes.append(f'{prefix}{key}: {a!r} -> {b!r}')
+  return changes
+
+
+def _delete(workdir: pathlib.Path, outputs: tuple[str, ...]) -> None:
+  for name in outputs:
+    path = workdir / name
+    if path.is_dir():
+      shutil.rmtree(path)
+    elif path.exists():
+      path.unlink()
+
+
+def prepare_workdir(
+  workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *, overwrite: bool, outputs: tuple[str, ...]
+) -> pathlib.Path:
+  """The workdir protocol, shared by the binaries: a workdir holding the same config is resumed; one
+  holding another config is refused with the keys that differ, or with `overwrite` has its `outputs`
+  deleted first. Records this config as config.json. Nothing is written or deleted before a refusal.
+  """
+  workdir = pathlib.Path(workdir)
+  config_path = workdir / 'config.json'
+  wanted = json.loads(json.dumps(config.to_dict()))  # Tuples as lists, as they read back.
+  if config_path.exists():
+    try:
+      held = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+      if not overwrite:
+        raise ValueError(
+          f'{config_path} is not valid JSON ({error}), so this workdir cannot be resumed; choose another '
+          'workdir or pass --overwrite to delete its outputs.'
+        ) from None
+      held = None
+    if held != wanted:
+      if not overwrite:
+        changes = config_differences(held, wanted)
+        raise FileExistsError(
+          f'{workdir} holds a run with another config ({len(changes)} keys differ: {"; ".join(changes)}); '
+          'choose another workdir or pass --overwrite to delete its outputs.'
+        )
+      _delete(workdir, outputs)
+  elif any((workdir / name).exists() for name in outputs):
+    if not overwrite:
+      raise FileExistsError(
+        f'{workdir} holds outputs ({[n for n in outputs if (workdir / n).exists()]}) but no config.json, '
+        'so whose run they are is unknown; choose another workdir or pass --overwrite to delete them.'
+      )
+    _delete(workdir, outputs)
+  workdir.mkdir(parents=True, exist_ok=True)
+  metrics_io.write_json(config_path, wanted)
+  return workdir
 
 
 def process_workdir(workdir: str, distributed: bool) -> str:
@@ -68,3 +179,41 @@ def process_workdir(workdir: str, distributed: bool) -> str:
   if jax.process_index() > 0:
     return str(pathlib.Path(workdir) / f'process_{jax.process_index()}')
   return workdir
+
+
+def _unknown_override(config: ml_collections.ConfigDict | None, argv: list[str]) -> str | None:
+  """The first `--config.a.b=...` argument whose key the config file lacks, as an error message."""
+  if config is None:
+    return None
+  for arg in argv[1:]:
+    if not arg.startswith('--config.'):
+      continue
+    node, walked = config, 'config'
+    for part in arg[2:].split('=', 1)[0].split('.')[1:]:
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        keys = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        return f'{arg.split("=", 1)[0]}: {walked} has no key {part!r} (its keys: {keys})'
+      node, walked = node[part], f'{walked}.{part}'
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with an override of an unknown config key reported by its full name.
+
+  ml_collections raises a bare AttributeError naming only the last part of the key (`'foo'`) from
+  inside absl's parser; here the user gets the dotted key and the keys that do exist, and exit code 2.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError):
+    message = _unknown_override(flags.FLAGS['config'].value, argv)
+    if message is None:
+      raise
+    sys.stderr.write(f'FATAL unknown config key {message}\n')
+    sys.exit(2)
+
+
+def run_main(main) -> None:
+  """`app.run(main)` for a binary that takes --config and --workdir."""
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main, flags_parser=parse_flags)

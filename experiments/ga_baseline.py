@@ -3,54 +3,62 @@ r"""GA baseline (holo DiscreteEvolution) on an Ehrlich function.
   python -m experiments.ga_baseline --config=experiments/configs/ga_ehrlich.py --workdir=/tmp/ga_f2 \
       --config.ga.num_particles=4096
 
-Writes to workdir: config.json, metrics.jsonl (one object per generation), best.json, regret.png and,
-when the archive is on, seed_data.npz (the unique sequences evaluated and their values: LLOME's round-0
-data).
+Writes to workdir: config.json, metrics.jsonl (one object per generation), best.json, regret.png,
+checkpoints/ (the GA state, every `checkpoint_every` generations and at the end) and, when the archive is
+on, seed_data.npz (the unique sequences evaluated and their values: LLOME's round-0 data). Rerunning the
+same command on the same workdir resumes from the last checkpoint and ends as an uninterrupted run; a
+workdir holding another config is refused unless --overwrite is given.
 """
 
 import functools
-import pathlib
 import time
 
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, logging
 
 from experiments import common
 from experiments.configs import ga_ehrlich
-from llome_jax import archive, configs, ga, metrics_io, sharding
+from llome_jax import archive, checkpoint, configs, ga, metrics_io, sharding
 from llome_jax.test_functions import ehrlich
 
-
-def _prepare_workdir(workdir: str) -> pathlib.Path:
-  path = pathlib.Path(workdir)
-  path.mkdir(parents=True, exist_ok=True)
-  if (path / 'metrics.jsonl').exists():
-    raise FileExistsError(f'{path} already holds a run (metrics.jsonl); choose another workdir.')
-  return path
+_OUTPUTS = ('metrics.jsonl', 'best.json', 'regret.png', 'seed_data.npz', 'checkpoints')
 
 
-def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the GA and writes its outputs; returns the final summary (also written as best.json)."""
+def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False) -> dict:
+  """Runs (or resumes) the GA and writes its outputs; returns the final summary (also best.json).
+
+  A workdir that holds this config resumes from its last checkpoint (every `checkpoint_every`
+  generations and at the end) and ends exactly as an uninterrupted run; one holding another config is
+  refused unless `overwrite`. Every check of the config runs before anything is written.
+  """
   configs.validate(config, ga_ehrlich.get_config())
-  # ---------------------------------------------------------------- Setup.
+  # ---------------------------------------------------------------- Setup: every check before any work.
   params, dim, initial_solution = common.resolve_test_function(config.test_function)
   cfg = common.make_ga_config(config.ga, params.num_states, dim)
   num_steps = ga.num_steps_for_budget(cfg, config.ga.num_steps, config.ga.max_evaluations)
   if num_steps < 1:
     raise ValueError(
-      f'ga.max_evaluations={config.ga.max_evaluations} is below one generation ({cfg.num_particles}).'
+      f'config.ga: the budget holds no generation (num_steps={config.ga.num_steps}, '
+      f'max_evaluations={config.ga.max_evaluations}, one generation is num_particles={cfg.num_particles} calls).'
     )
-  if config.log_every < 1:
-    raise ValueError(f'log_every must be >= 1, got {config.log_every}.')
+  for key in ('log_every', 'checkpoint_every'):
+    if config[key] < 1:
+      raise ValueError(f'config.{key} must be >= 1, got {config[key]}.')
   mesh = sharding.make_mesh(config.num_devices)
-  workdir = _prepare_workdir(workdir)
-  metrics_io.write_json(workdir / 'config.json', config.to_dict())
+  workdir = common.prepare_workdir(workdir, config, overwrite=overwrite, outputs=_OUTPUTS)
 
   state = ga.init(initial_solution, cfg=cfg)
   state_shardings = sharding.ga_state_shardings(mesh, state)
-  state = jax.device_put(state, state_shardings)
+  checkpoints, metrics_path = workdir / 'checkpoints', workdir / 'metrics.jsonl'
+  if checkpoint.latest_step(checkpoints) is not None:
+    state, _ = checkpoint.restore(checkpoints, checkpoint.abstract_like(state, state_shardings))
+    rows = metrics_io.read_rows(metrics_path, 'step', int(state.step))
+    logging.info('Resuming %s after generation %d.', workdir, int(state.step))
+  else:
+    state, rows = jax.device_put(state, state_shardings), []
+  metrics_io.rewrite_jsonl(metrics_path, rows)
   key = jax.random.key(config.seed)
 
   @functools.partial(
@@ -75,8 +83,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params.num_states,
     mesh.size,
   )
-  rows, done, start = [], 0, time.perf_counter()
-  while done < num_steps:
+  done, saved, start = int(state.step), int(state.step), time.perf_counter()
+  solved = config.ga.stop_at_optimum and float(state.best_value) >= cfg.optimal_value
+  while done < num_steps and not solved:
     length = min(config.log_every, num_steps - done)
     state, metrics = run_chunk(key, state, length)
     metrics = jax.device_get(metrics)
@@ -85,22 +94,26 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for i in range(length)
       if metrics['active'][i]
     ]
-    metrics_io.append_jsonl(workdir / 'metrics.jsonl', chunk_rows)
+    metrics_io.append_jsonl(metrics_path, chunk_rows)
     rows.extend(chunk_rows)
     done += length
+    solved = not metrics['active'][-1]
+    if int(state.step) > saved and (done - saved >= config.checkpoint_every or done >= num_steps or solved):
+      checkpoint.save(checkpoints, int(state.step), state, keep=config.keep_checkpoints)
+      saved = int(state.step)
     if chunk_rows:
       last = chunk_rows[-1]
       logging.info(
         'generation %d/%d  evaluations %d  regret best %.4f  (%.1f generations/s)',
-        done,
+        last['step'] + 1,
         num_steps,
         last['num_evaluations'],
         last['simple_regret_best'],
-        done / (time.perf_counter() - start),
+        len(chunk_rows) / (time.perf_counter() - start),
       )
-    if not metrics['active'][-1]:
+      start = time.perf_counter()
+    if solved:
       logging.info('Optimum reached after %d evaluations; stopping.', int(state.num_evaluations))
-      break
 
   # ---------------------------------------------------------------- Outputs.
   summary = {
@@ -132,9 +145,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   workdir = common.process_workdir(common.WORKDIR.value, common.DISTRIBUTED.value)
-  run_experiment(common.CONFIG.value, workdir)
+  run_experiment(common.CONFIG.value, workdir, overwrite=common.OVERWRITE.value)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  common.run_main(main)

@@ -12,9 +12,7 @@ config is refused unless --overwrite is given.
 
 import dataclasses
 import functools
-import json
 import pathlib
-import shutil
 import time
 
 import jax
@@ -41,7 +39,6 @@ from llome_jax import codec as codec_lib
 from llome_jax import model as model_lib
 from llome_jax.test_functions import ehrlich
 
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete a workdir that holds another config, then run.')
 _STOP_AFTER = flags.DEFINE_integer(
   'stop_after_round', None, 'Stop cleanly after this round (pre-emptible machines); rerun to resume.'
 )
@@ -66,32 +63,52 @@ def _optim(section: ml_collections.ConfigDict) -> train.OptimConfig:
 
 
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
-  """Validates the config (keys and values) and builds the static settings; raises ValueError."""
+  """Validates the config (keys, types and values) and builds the static settings. Raises ValueError
+  naming the config key at fault, before any work."""
   configs.validate(config, llome_defaults.get_config())
-  if config.rounds_per_chunk < 1 or config.keep_checkpoints < 1:
-    raise ValueError('rounds_per_chunk and keep_checkpoints must be >= 1.')
+  for key in ('rounds_per_chunk', 'keep_checkpoints'):
+    if config[key] < 1:
+      raise ValueError(f'config.{key} must be >= 1, got {config[key]}.')
   if config.outer.num_rounds < 1:
-    raise ValueError(f'outer.num_rounds must be >= 1, got {config.outer.num_rounds}.')
+    raise ValueError(f'config.outer.num_rounds must be >= 1, got {config.outer.num_rounds}: no round to run.')
   params, dim, initial = common.resolve_test_function(config.test_function)
   ga_cfg = common.make_ga_config(config.ga, params.num_states, dim)
   ga_steps = ga.num_steps_for_budget(ga_cfg, config.ga.num_steps, config.ga.max_evaluations)
-  if ga_steps < 1 or not ga_cfg.archive_capacity:
-    raise ValueError('The seed GA must run at least one generation and keep an archive (archive_capacity).')
+  if ga_steps < 1:
+    raise ValueError(
+      f'config.ga: the seed GA budget holds no generation (num_steps={config.ga.num_steps}, '
+      f'max_evaluations={config.ga.max_evaluations}, one generation is num_particles={ga_cfg.num_particles} '
+      'calls), so there would be no seed data.'
+    )
+  if not ga_cfg.archive_capacity:
+    raise ValueError('config.ga.archive_capacity must be > 0: the archive of the seed GA is the seed data.')
   codec = codec_lib.CompactCodec(params.num_states, dim)
   overrides = {k: v for k, v in config.model.to_dict().items() if k != 'preset' and v is not None}
-  model_cfg = model_lib.preset(config.model.preset, vocab_size=codec.vocab_size, **overrides)
-  if codec.prompt_len + codec.max_target_len + 1 > model_cfg.max_len:
-    raise ValueError(f'model.max_len {model_cfg.max_len} is too short for L = {dim}.')
-  inner = inner_loop.InnerLoopConfig(**config.inner.to_dict())
+  with configs.section('model'):
+    model_cfg = model_lib.preset(config.model.preset, vocab_size=codec.vocab_size, **overrides)
+    if codec.prompt_len + codec.max_target_len + 1 > model_cfg.max_len:
+      raise ValueError(f'max_len {model_cfg.max_len} is too short for L = {dim} (needs {2 * dim + 4}).')
+  with configs.section('inner'):
+    inner = inner_loop.InnerLoopConfig(**config.inner.to_dict())
+  with configs.section('pairs'):
+    pair_cfg = pairs.PairConfig(**config.pairs.to_dict())
+  with configs.section('train.sft'):
+    sft_optim = _optim(config.train.sft)
+  with configs.section('train.pref'):
+    pref_optim = _optim(config.train.pref)
   outer = config.outer
+  with configs.section('outer'):
+    select = labelling.SelectConfig(
+      num_labels=outer.num_labels, likelihood_quantile=outer.likelihood_quantile
+    )
   loop_cfg = outer_loop.LoopConfig(
-    pairs=pairs.PairConfig(**config.pairs.to_dict()),
+    pairs=pair_cfg,
     inner=inner,
-    select=labelling.SelectConfig(num_labels=outer.num_labels, likelihood_quantile=outer.likelihood_quantile),
+    select=select,
     schedule=outer.schedule,
     batch_size=config.train.batch_size,
-    sft_optim=_optim(config.train.sft),
-    pref_optim=_optim(config.train.pref),
+    sft_optim=sft_optim,
+    pref_optim=pref_optim,
     objective=train.ObjectiveConfig(
       dpo_beta=config.train.dpo_beta,
       dpo_label_smoothing=config.train.dpo_label_smoothing,
@@ -109,38 +126,10 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   pool = inner.num_iterations * outer.num_seeds * inner.rows_per_seed
   if outer.num_labels > pool:
     raise ValueError(
-      f'outer.num_labels={outer.num_labels} exceeds the pool of {pool} generations per round '
+      f'config.outer.num_labels={outer.num_labels} exceeds the pool of {pool} generations per round '
       f'(inner.num_iterations x outer.num_seeds x decoding settings per seed).'
     )
   return Setup(params, initial, ga_cfg, ga_steps, codec, model_cfg, loop_cfg)
-
-
-def _prepare_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict, overwrite: bool) -> None:
-  """Refuses (or with `overwrite` clears) a workdir that holds another config; records this one."""
-  workdir.mkdir(parents=True, exist_ok=True)
-  config_path = workdir / 'config.json'
-  wanted = json.loads(json.dumps(config.to_dict()))  # Tuples as lists, as they read back.
-  if config_path.exists():
-    try:
-      held = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-      raise ValueError(
-        f'{config_path} is not valid JSON ({error}); pass --overwrite to start afresh.'
-      ) from None
-    if held != wanted:
-      if not overwrite:
-        changed = sorted(k for k in set(held) | set(wanted) if held.get(k) != wanted.get(k))
-        raise FileExistsError(
-          f'{workdir} holds a run with another config (sections differing: {changed}); '
-          'choose another workdir or pass --overwrite to delete it.'
-        )
-      for name in _OUTPUTS:
-        path = workdir / name
-        if path.is_dir():
-          shutil.rmtree(path)
-        elif path.exists():
-          path.unlink()
-  metrics_io.write_json(config_path, wanted)
 
 
 def _seed_data(setup: Setup, config, mesh) -> tuple[np.ndarray, np.ndarray, int]:
@@ -230,24 +219,6 @@ def _save_labelled(workdir: pathlib.Path, first_round: int, selection, values) -
     tmp.replace(path)
 
 
-def _resume_rows(metrics_path: pathlib.Path, completed: int) -> list[dict]:
-  """The metrics rows of rounds 0..completed, dropping rows a crash left past the last checkpoint."""
-  rows = metrics_io.read_jsonl(metrics_path) if metrics_path.exists() else []
-  rows = [row for row in rows if row['round'] <= completed]
-  if [row['round'] for row in rows] != list(range(completed + 1)):
-    raise ValueError(
-      f'{metrics_path} does not hold rounds 0..{completed} of the checkpoint; pass --overwrite to start afresh.'
-    )
-  return rows
-
-
-def _rewrite_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.unlink(missing_ok=True)
-  metrics_io.append_jsonl(tmp, rows)
-  tmp.replace(path)
-
-
 def run_experiment(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -259,21 +230,20 @@ def run_experiment(
   # ---------------------------------------------------------------- Setup: every check before any work.
   setup = build_setup(config)
   mesh = sharding.make_mesh(config.num_devices)
-  workdir = pathlib.Path(workdir)
-  _prepare_workdir(workdir, config, overwrite)
+  workdir = common.prepare_workdir(workdir, config, overwrite=overwrite, outputs=_OUTPUTS)
   seeds = _seed_data(setup, config, mesh)
   graphdef, state = _initial_state(setup, config, seeds)
   state_sh = outer_loop.state_shardings(state, mesh, fsdp=config.fsdp)
   checkpoints, metrics_path = workdir / 'checkpoints', workdir / 'metrics.jsonl'
   if checkpoint.latest_step(checkpoints) is not None:
     state, _ = checkpoint.restore(checkpoints, checkpoint.abstract_like(state, state_sh))
-    rows = _resume_rows(metrics_path, int(state.round))
+    rows = metrics_io.read_rows(metrics_path, 'round', int(state.round) + 1)
     logging.info('Resuming %s after round %d.', workdir, int(state.round))
   else:
     state = jax.device_put(state, state_sh)
     rows = [metrics_io.plain_row(jax.device_get(outer_loop.seed_metrics(state)))]
     np.savez(workdir / 'seed_data.npz', sequences=seeds[0], values=seeds[1])
-  _rewrite_jsonl(metrics_path, rows)
+  metrics_io.rewrite_jsonl(metrics_path, rows)
 
   # ---------------------------------------------------------------- Rounds.
   run = outer_loop.jit_run_rounds(
@@ -349,9 +319,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   workdir = common.process_workdir(common.WORKDIR.value, common.DISTRIBUTED.value)
-  run_experiment(common.CONFIG.value, workdir, overwrite=_OVERWRITE.value, stop_after_round=_STOP_AFTER.value)
+  run_experiment(
+    common.CONFIG.value, workdir, overwrite=common.OVERWRITE.value, stop_after_round=_STOP_AFTER.value
+  )
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  common.run_main(main)

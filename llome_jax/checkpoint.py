@@ -88,6 +88,25 @@ def _key_data(leaf):
   return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=leaf.sharding)
 
 
+def _stored(leaf):
+  """What Orbax stores for a leaf: typed keys as key data (`_key_data`), and nothing (None) for an
+  array with no elements, which Orbax refuses to save; restore rebuilds those from the target's shape."""
+  if isinstance(leaf, jax.Array | jax.ShapeDtypeStruct | np.ndarray) and 0 in leaf.shape:
+    return None
+  return _key_data(leaf)
+
+
+def _rebuilt(leaf, value):
+  """A restored leaf in the target's form: key data rewrapped as typed keys, empty arrays recreated."""
+  if isinstance(leaf, jax.ShapeDtypeStruct) and 0 in leaf.shape:
+    return jax.device_put(np.zeros(leaf.shape, leaf.dtype), leaf.sharding)
+  if isinstance(leaf, np.ndarray) and 0 in leaf.shape:
+    return np.zeros(leaf.shape, leaf.dtype)
+  if _is_typed_key(leaf):
+    return jax.random.wrap_key_data(value, dtype=leaf.dtype)
+  return value
+
+
 def save(
   directory: str | os.PathLike,
   step: int,
@@ -122,7 +141,7 @@ def save(
     if latest is not None and step <= latest:  # Orbax would silently skip the save.
       raise ValueError(f'step {step} must be greater than the latest step {latest} in {path}.')
     items = {
-      _STATE: ocp.args.PyTreeSave(jax.tree.map(_key_data, state)),
+      _STATE: ocp.args.PyTreeSave(jax.tree.map(_stored, state)),
       _METADATA: ocp.args.JsonSave(metadata),
     }
     manager.save(step, args=ocp.args.Composite(**items))
@@ -275,7 +294,7 @@ def restore(
   """
   abstract = abstract_like(abstract_state)
   _check_has_shardings(abstract)
-  raw_abstract = jax.tree.map(_key_data, abstract)
+  raw_abstract = jax.tree.map(_stored, abstract)
   path = os.path.abspath(directory)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'No checkpoint directory at {path}.')
@@ -292,7 +311,7 @@ def restore(
   if not isinstance(restored[_METADATA], dict):
     raise _malformed(where, TypeError(f'its metadata is {restored[_METADATA]!r}, not a dict'))
   state = jax.tree.map(
-    lambda leaf, value: jax.random.wrap_key_data(value, dtype=leaf.dtype) if _is_typed_key(leaf) else value,
+    _rebuilt,
     abstract,
     restored[_STATE],
   )

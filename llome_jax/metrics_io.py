@@ -29,8 +29,44 @@ def append_jsonl(path: pathlib.Path, rows: Iterable[Mapping]) -> None:
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
+  """The rows of a JSON-lines file. A last line without its newline is a write that a kill cut short
+  (`append_jsonl` ends every row with one) and is dropped; a malformed line elsewhere is an error
+  naming the file and line."""
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split('\n')
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if number == len(lines):  # No newline after it: cut short.
+        break
+      raise ValueError(f'{path}, line {number}, is not a JSON object ({error}).') from None
+  return rows
+
+
+def read_rows(path: pathlib.Path, key: str, count: int) -> list[dict]:
+  """The rows whose `key` is 0..count-1, in order, from a metrics file that a resumed run continues;
+  rows past `count` (written after the last checkpoint, before a crash) are dropped. Raises ValueError
+  if any of the `count` rows is missing."""
+  rows = read_jsonl(path) if path.exists() else []
+  rows = [row for row in rows if row.get(key, count) < count]
+  if [row[key] for row in rows] != list(range(count)):
+    raise ValueError(
+      f'{path} does not hold the rows {key} = 0..{count - 1} that the last checkpoint has completed, so '
+      'the run cannot resume; pass --overwrite to start afresh.'
+    )
+  return rows
+
+
+def rewrite_jsonl(path: pathlib.Path, rows: Iterable[Mapping]) -> None:
+  """Replaces a JSON-lines file with `rows`, atomically."""
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.unlink(missing_ok=True)
+  append_jsonl(tmp, rows)
+  os.replace(tmp, path)
 
 
 def write_json(path: pathlib.Path, obj) -> None:

@@ -32,6 +32,68 @@ def test_rejects_unknown_missing_and_misshapen_keys(edit, match):
     configs.validate(config, _reference())
 
 
+def _typed_reference():
+  from ml_collections import config_dict
+
+  return ml_collections.ConfigDict(
+    {
+      'seed': 0,
+      'num_devices': config_dict.placeholder(int),
+      'ga': {'num_particles': 10, 'mutation_prob': 0.1, 'stop_at_optimum': True, 'name': 'f2'},
+      'inner': {'temperatures': (0.6, 0.8)},
+    }
+  )
+
+
+def _typed(**changes):
+  """A config built from scratch (as a user's config file may be), so ml_collections' own type checks
+  on assignment never see it."""
+  values = _typed_reference().to_dict()
+  for dotted, value in changes.items():
+    *sections, key = dotted.split('__')
+    node = values
+    for section in sections:
+      node = node[section]
+    node[key] = value
+  return ml_collections.ConfigDict(values)
+
+
+def test_accepts_ints_for_floats_lists_for_tuples_and_unset_placeholders():
+  configs.validate(
+    _typed(ga__mutation_prob=1, inner__temperatures=[1, 1.2], num_devices=None), _typed_reference()
+  )
+  configs.validate(_typed(num_devices=8), _typed_reference())
+
+
+@pytest.mark.parametrize(
+  'changes, match',
+  [
+    ({'ga__num_particles': 1.5}, r'config\.ga\.num_particles must be an integer, got float 1\.5'),
+    ({'ga__num_particles': True}, r'config\.ga\.num_particles must be an integer, got bool True'),
+    ({'ga__num_particles': '4096'}, r"config\.ga\.num_particles must be an integer, got str '4096'"),
+    ({'ga__num_particles': None}, r'config\.ga\.num_particles must be an integer, got None'),
+    ({'ga__mutation_prob': 'high'}, r'config\.ga\.mutation_prob must be a number'),
+    ({'ga__stop_at_optimum': 1}, r'config\.ga\.stop_at_optimum must be True or False, got int 1'),
+    ({'ga__name': 2}, r'config\.ga\.name must be a string'),
+    ({'inner__temperatures': 0.8}, r'config\.inner\.temperatures must be a tuple, got float'),
+    (
+      {'inner__temperatures': (0.8, 'hot')},
+      r"config\.inner\.temperatures\[1\] must be a number, got str 'hot'",
+    ),
+    ({'num_devices': 2.0}, r'config\.num_devices must be an integer, got float 2\.0'),
+  ],
+)
+def test_rejects_values_of_the_wrong_type_naming_the_key(changes, match):
+  with pytest.raises(ValueError, match=match):
+    configs.validate(_typed(**changes), _typed_reference())
+
+
+def test_section_prefixes_a_library_error_with_the_key_path():
+  with pytest.raises(ValueError, match=r'^config\.ga: num_particles must be positive'):
+    with configs.section('ga'):
+      raise ValueError('num_particles must be positive, got -5.')
+
+
 def test_rejects_a_value_where_a_section_belongs():
   config = ml_collections.ConfigDict({'seed': 0, 'ga': 3})
   with pytest.raises(ValueError, match='config.ga must be a section'):

@@ -1,6 +1,7 @@
 """End-to-end tests of the GA experiment binary's `run_experiment`."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -61,26 +62,76 @@ def test_budget_and_sampled_instance(tmp_path):
   assert summary['num_evaluations'] == 400  # Two whole generations fit in 500.
 
 
-def test_rejects_bad_configs_without_touching_a_previous_run(tmp_path):
+def _snapshot(directory):
+  """A workdir's outputs by content: bytes, arrays of .npz files (zip entries carry write times), and
+  the checkpoint steps (Orbax's metadata carries timestamps)."""
+  snapshot = {'steps': sorted(p.name for p in (directory / 'checkpoints').iterdir())}
+  for path in sorted(directory.glob('*')):
+    if path.suffix == '.npz':
+      snapshot[path.name] = {k: v.tolist() for k, v in np.load(path).items()}
+    elif path.is_file():
+      snapshot[path.name] = path.read_bytes()
+  return snapshot
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
+  """A crash after the generation-2 checkpoint, with rows 2-3 and half of row 4 already written: the
+  rerun drops what the checkpoint does not cover and ends byte for byte as the uninterrupted run."""
+  config = _small_config(num_steps=6)
+  config.log_every, config.checkpoint_every, config.keep_checkpoints = 1, 2, 10
+  whole, crashed = tmp_path / 'whole', tmp_path / 'crashed'
+  summary = ga_baseline.run_experiment(config, str(whole))
+  assert sorted(p.name for p in (whole / 'checkpoints').iterdir()) == ['2', '4', '6']
+  shutil.copytree(whole, crashed)
+  for name in ('best.json', 'regret.png', 'seed_data.npz'):
+    (crashed / name).unlink()
+  for step in ('4', '6'):
+    shutil.rmtree(crashed / 'checkpoints' / step)
+  lines = (whole / 'metrics.jsonl').read_text().splitlines(keepends=True)
+  (crashed / 'metrics.jsonl').write_text(''.join(lines[:4]) + lines[4][:20])
+  assert ga_baseline.run_experiment(config, str(crashed)) == summary
+  assert _snapshot(crashed) == _snapshot(whole)
+  # Rerunning a finished run changes nothing.
+  before = _snapshot(whole)
+  assert ga_baseline.run_experiment(config, str(whole)) == summary
+  assert _snapshot(whole) == before
+
+
+def test_another_config_is_refused_without_touching_the_run_unless_overwrite(tmp_path):
   ga_baseline.run_experiment(_small_config(), str(tmp_path))
-  before = (tmp_path / 'metrics.jsonl').read_text()
-  with pytest.raises(FileExistsError, match='already holds a run'):
-    ga_baseline.run_experiment(_small_config(), str(tmp_path))
+  before = _snapshot(tmp_path)
+  with pytest.raises(
+    FileExistsError, match=r'another config \(1 keys differ: ga\.mutation_prob: 0\.005 -> 0\.01\)'
+  ):
+    ga_baseline.run_experiment(_small_config(mutation_prob=0.01), str(tmp_path))
+  assert _snapshot(tmp_path) == before
+  ga_baseline.run_experiment(_small_config(mutation_prob=0.01, num_steps=2), str(tmp_path), overwrite=True)
+  assert [row['step'] for row in metrics_io.read_jsonl(tmp_path / 'metrics.jsonl')] == [0, 1]
+
+
+def test_rejects_bad_configs_before_writing_anything(tmp_path):
+  def fails(config, match):
+    workdir = tmp_path / 'run'
+    with pytest.raises(ValueError, match=match):
+      ga_baseline.run_experiment(config, str(workdir))
+    assert not workdir.exists()
+
   config = _small_config()
   config.ga.num_partcles = 10  # A typo in a key.
-  with pytest.raises(ValueError, match='num_partcles'):
-    ga_baseline.run_experiment(config, str(tmp_path / 'typo'))
+  fails(config, 'num_partcles')
   impossible = _small_config()
   impossible.test_function.name = ''
   impossible.test_function.update(num_states=8, dim=10, num_motifs=4, motif_length=4)
-  with pytest.raises(ValueError, match='cannot all fit'):
-    ga_baseline.run_experiment(impossible, str(tmp_path / 'impossible'))
-  with pytest.raises(ValueError, match='unknown Ehrlich instance'):
-    bad_name = _small_config()
-    bad_name.test_function.name = 'f99'
-    ga_baseline.run_experiment(bad_name, str(tmp_path / 'bad_name'))
-  assert (tmp_path / 'metrics.jsonl').read_text() == before
-  assert not (tmp_path / 'typo' / 'metrics.jsonl').exists()
+  fails(impossible, 'cannot all fit')
+  bad_name = _small_config()
+  bad_name.test_function.name = 'f99'
+  fails(bad_name, 'unknown Ehrlich instance')
+  both = _small_config()
+  both.test_function.dim = 128
+  both.test_function.quantization = 2
+  fails(both, r"name='f2'.*\['test_function.dim', 'test_function.quantization'\] would be ignored")
+  fails(_small_config(max_evaluations=100), r'config\.ga: the budget holds no generation')
+  fails(_small_config(mutation_prob=2.0), r'config\.ga: mutation_prob must lie in \(0, 1\)')
 
 
 @pytest.mark.slow

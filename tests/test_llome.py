@@ -80,7 +80,10 @@ def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
   llome.run_experiment(_config(), str(tmp_path), stop_after_round=1)
   assert [row['round'] for row in _rows(tmp_path)] == [0, 1]
   # A crash after round 2's metrics were written but before its checkpoint: the row is dropped on resume.
+  # Then a kill halfway through writing round 3's row: a line without its newline.
   metrics_io.append_jsonl(tmp_path / 'metrics.jsonl', [{'round': 2, 'num_evaluations': -1}])
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"round": 3, "num_evalu')
   resumed = llome.run_experiment(_config(), str(tmp_path))
   assert resumed == summary
   assert _rows(tmp_path) == _rows(workdir)
@@ -158,6 +161,30 @@ def _changed_rounds():
     (lambda c: c.outer.__setattr__('schedule', 'ppo'), ValueError, r'schedule must be one of'),
     (lambda c: c.model.__setattr__('preset', 'huge'), ValueError, r'Unknown model preset'),
     (lambda c: c.outer.__setattr__('num_seeds', 10_000), ValueError, r'num_seeds=10000'),
+    (
+      lambda c: c.test_function.__setattr__('name', 'f2'),
+      ValueError,
+      r"name='f2'.*\['test_function.num_states', 'test_function.dim', 'test_function.num_motifs', "
+      r"'test_function.motif_length'\] would be ignored",
+    ),
+    (lambda c: c.test_function.__setattr__('dim', None), ValueError, r"\['test_function.dim'\] are unset"),
+    (
+      lambda c: c.ga.__setattr__('max_evaluations', 10),
+      ValueError,
+      r'config\.ga: the seed GA budget holds no',
+    ),
+    (lambda c: c.outer.__setattr__('num_rounds', 0), ValueError, r'config\.outer\.num_rounds must be >= 1'),
+    (
+      lambda c: c.outer.__setattr__('num_labels', 0),
+      ValueError,
+      r'config\.outer: num_labels must be positive',
+    ),
+    (
+      lambda c: c.train.sft.__setattr__('learning_rate', -1.0),
+      ValueError,
+      r'config\.train\.sft: learning_rate',
+    ),
+    (lambda c: c.__setattr__('num_devices', 99), ValueError, r'num_devices must lie in \[1, 8\]'),
   ],
 )
 def test_bad_config_fails_before_any_work(edit, error, match, tmp_path):

@@ -25,19 +25,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.num_devices = config_dict.placeholder(int)  # None: every device, population split across them.
   config.log_every = 1  # Generations per jitted chunk (one progress line and metrics flush per chunk).
+  # Generations between checkpoints of the GA state (rounded up to whole chunks; always one at the end),
+  # from which a rerun of the same command resumes. An Orbax save costs ~0.1 s.
+  config.checkpoint_every = 100
+  config.keep_checkpoints = 1
 
-  # `name` picks a shipped instance (f2, ehr_v32_l128_c4_k4_q4, ...); an empty name samples one from the
-  # fields below with a JAX key. A shipped instance ignores them.
+  # `name` picks a stored instance (f2, ehr_v32_l128_c4_k4_q4, ...: the shipped ones, or those of
+  # `instance_file`), which fixes every parameter below: setting one of them beside a name is an error.
+  # An empty name samples an instance with a JAX key from num_states, dim, num_motifs and motif_length
+  # (required) and quantization and epistasis_factor (optional).
   config.test_function = ml_collections.ConfigDict()
   config.test_function.name = 'f2'
   config.test_function.instance_file = ''  # Empty: the instances shipped with llome_jax.
-  config.test_function.num_states = 32
-  config.test_function.dim = 32
-  config.test_function.num_motifs = 4
-  config.test_function.motif_length = 4
+  config.test_function.num_states = config_dict.placeholder(int)
+  config.test_function.dim = config_dict.placeholder(int)
+  config.test_function.num_motifs = config_dict.placeholder(int)
+  config.test_function.motif_length = config_dict.placeholder(int)
   config.test_function.quantization = config_dict.placeholder(int)  # None: motif_length.
-  config.test_function.epistasis_factor = 0.0
-  config.test_function.seed = 0
+  config.test_function.epistasis_factor = config_dict.placeholder(float)  # None: 0.
+  # Key of a sampled instance and its initial solution, or of the initial solution of a stored instance
+  # that has none (the shipped ones all have one). None: 0.
+  config.test_function.seed = config_dict.placeholder(int)
 
   config.ga = ml_collections.ConfigDict()
   config.ga.num_particles = 1000
