@@ -1,6 +1,7 @@
 """What the experiment binaries share: flags, the test function and GA settings from a config, and the
 workdir protocol (a rerun resumes, another config is refused, --overwrite clears)."""
 
+import importlib.util
 import json
 import pathlib
 import shutil
@@ -181,6 +182,18 @@ def process_workdir(workdir: str, distributed: bool) -> str:
   return workdir
 
 
+def _config_file(argv: list[str]) -> ml_collections.ConfigDict | None:
+  """The config that `--config=FILE[:ARG]` names, loaded as ml_collections loads it; None if absent."""
+  values = [arg.split('=', 1)[1] for arg in argv[1:] if arg.startswith('--config=')]
+  if not values:
+    return None
+  path, _, arg = values[-1].partition(':')
+  spec = importlib.util.spec_from_file_location('_config_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def _unknown_override(config: ml_collections.ConfigDict | None, argv: list[str]) -> str | None:
   """The first `--config.a.b=...` argument whose key the config file lacks, as an error message."""
   if config is None:
@@ -200,13 +213,13 @@ def _unknown_override(config: ml_collections.ConfigDict | None, argv: list[str])
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with an override of an unknown config key reported by its full name.
 
-  ml_collections raises a bare AttributeError naming only the last part of the key (`'foo'`) from
-  inside absl's parser; here the user gets the dotted key and the keys that do exist, and exit code 2.
+  ml_collections raises a bare KeyError/AttributeError from inside absl's parser, naming only the last
+  part of the key; here the user gets the dotted key and the keys that do exist, and exit code 2.
   """
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError):
-    message = _unknown_override(flags.FLAGS['config'].value, argv)
+    message = _unknown_override(_config_file(argv), argv)
     if message is None:
       raise
     sys.stderr.write(f'FATAL unknown config key {message}\n')

@@ -180,35 +180,43 @@ def test_seeds_fall_back_to_the_best_labelled_sequences(problem):
   np.testing.assert_array_equal(seeds[2:], np.asarray(state.history.sequences_CxL)[best])
 
 
-@pytest.mark.parametrize('split_rows', [False, True])
-def test_a_round_on_8_devices_equals_one_device(problem, split_rows):
-  """A whole round on 1 and on 8 devices, rows that do not divide 8 (6 seeds x 5 decoding settings = 30
-  trajectories, 21 labels). Training runs, but at a learning rate of 1e-30 its updates vanish against
-  the parameters in float32, so the policy is in effect fixed: the pairs, the generations (decoded
-  split across the devices or not), the labelled sequences and their oracle values must agree bit for
-  bit. Floats computed by the policy (losses, likelihoods) come from programs compiled for another mesh
-  and may differ in the last bit."""
+def _one_round_on(problem, mesh, *, split_rows: bool):
+  """One SFT round at a learning rate of 1e-30, rows that do not divide 8 (6 seeds x 5 decoding
+  settings = 30 trajectories, 21 labels)."""
   cfg = dataclasses.replace(
     problem['cfg'],
     select=labelling.SelectConfig(num_labels=21),
     sft_optim=train.OptimConfig(learning_rate=1e-30),
     split_rows=split_rows,
   )
-  results = []
-  for num_devices in (1, 8):
-    mesh = sharding.make_mesh(num_devices)
-    state_sh = outer_loop.state_shardings(problem['state'], mesh)
-    run = outer_loop.jit_run_rounds(
-      state_sh,
-      mesh,
-      graphdef=problem['graphdef'],
-      ehrlich_params=problem['params'],
-      codec=problem['codec'],
-      cfg=cfg,
-    )
-    state, outputs = run(jax.device_put(_copy(problem['state']), state_sh), 1, 'sft', 1)
-    results.append(jax.device_get((state, outputs)))
-  (state_1, (metrics_1, selection_1, values_1)), (state_8, (metrics_8, selection_8, values_8)) = results
+  state_sh = outer_loop.state_shardings(problem['state'], mesh)
+  run = outer_loop.jit_run_rounds(
+    state_sh,
+    mesh,
+    graphdef=problem['graphdef'],
+    ehrlich_params=problem['params'],
+    codec=problem['codec'],
+    cfg=cfg,
+  )
+  return jax.device_get(run(jax.device_put(_copy(problem['state']), state_sh), 1, 'sft', 1))
+
+
+@pytest.fixture(scope='module')
+def one_device_round(problem):
+  return _one_round_on(problem, sharding.make_mesh(1), split_rows=False)  # Nothing to split on 1 device.
+
+
+@pytest.mark.parametrize('split_rows', [False, True])
+def test_a_round_on_8_devices_equals_one_device(problem, one_device_round, split_rows):
+  """A whole round on 1 and on 8 devices. Training runs, but at a learning rate of 1e-30 its updates
+  vanish against the parameters in float32, so the policy is in effect fixed: the pairs, the
+  generations (decoded split across the devices or not), the labelled sequences and their oracle values
+  must agree bit for bit. Floats computed by the policy (losses, likelihoods) come from programs
+  compiled for another mesh and may differ in the last bit."""
+  state_1, (metrics_1, selection_1, values_1) = one_device_round
+  state_8, (metrics_8, selection_8, values_8) = _one_round_on(
+    problem, sharding.make_mesh(8), split_rows=split_rows
+  )
   assert metrics_1['num_labelled'][0] > 0 and metrics_1['num_pairs'][0] > 0
   chex.assert_trees_all_equal(selection_8.seqs_NxL, selection_1.seqs_NxL)
   chex.assert_trees_all_equal(selection_8.where_N, selection_1.where_N)
