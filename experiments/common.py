@@ -13,7 +13,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from llome_jax import configs, ga, metrics_io
+from llome_jax import checkpoint, configs, ga, metrics_io
 from llome_jax.test_functions import ehrlich, instances
 
 _DEFAULT_ARCHIVE_LIMIT = 100_000
@@ -25,7 +25,11 @@ WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the outputs.')
 DISTRIBUTED = flags.DEFINE_bool(
   'distributed', False, 'Multi-host: call jax.distributed.initialize() first (run on every host).'
 )
-OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete a workdir that holds another config, then run.')
+OVERWRITE = flags.DEFINE_bool(
+  'overwrite',
+  False,
+  "Delete the workdir's outputs (another config's run, or one that cannot resume), then run.",
+)
 
 # The keys that describe a sampled instance (test_function.name == ''). A named instance fixes all of
 # them itself, so setting one beside a name is a contradiction, not a refinement.
@@ -134,41 +138,52 @@ def _delete(workdir: pathlib.Path, outputs: tuple[str, ...]) -> None:
 def prepare_workdir(
   workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *, overwrite: bool, outputs: tuple[str, ...]
 ) -> pathlib.Path:
-  """The workdir protocol, shared by the binaries: a workdir holding the same config is resumed; one
-  holding another config is refused with the keys that differ, or with `overwrite` has its `outputs`
-  deleted first. Records this config as config.json. Nothing is written or deleted before a refusal.
+  """The workdir protocol, shared by the binaries. Without `overwrite`: a workdir holding this config
+  is resumed; one holding another config, an unreadable config.json, or outputs without a config.json
+  is refused with the reason, and nothing in it is written or deleted. With `overwrite`, the workdir's
+  `outputs` are deleted and the run starts afresh. Records this config as config.json.
   """
   workdir = pathlib.Path(workdir)
   config_path = workdir / 'config.json'
   wanted = json.loads(json.dumps(config.to_dict()))  # Tuples as lists, as they read back.
-  if config_path.exists():
+  if overwrite:
+    _delete(workdir, outputs)
+  elif config_path.exists():
     try:
       held = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
-      if not overwrite:
-        raise ValueError(
-          f'{config_path} is not valid JSON ({error}), so this workdir cannot be resumed; choose another '
-          'workdir or pass --overwrite to delete its outputs.'
-        ) from None
-      held = None
+      raise ValueError(
+        f'{config_path} is not valid JSON ({error}), so this workdir cannot be resumed; choose another '
+        'workdir or pass --overwrite to delete its outputs.'
+      ) from None
     if held != wanted:
-      if not overwrite:
-        changes = config_differences(held, wanted)
-        raise FileExistsError(
-          f'{workdir} holds a run with another config ({len(changes)} keys differ: {"; ".join(changes)}); '
-          'choose another workdir or pass --overwrite to delete its outputs.'
-        )
-      _delete(workdir, outputs)
-  elif any((workdir / name).exists() for name in outputs):
-    if not overwrite:
+      changes = config_differences(held, wanted)
       raise FileExistsError(
-        f'{workdir} holds outputs ({[n for n in outputs if (workdir / n).exists()]}) but no config.json, '
-        'so whose run they are is unknown; choose another workdir or pass --overwrite to delete them.'
+        f'{workdir} holds a run with another config ({len(changes)} keys differ: {"; ".join(changes)}); '
+        'choose another workdir or pass --overwrite to delete its outputs.'
       )
-    _delete(workdir, outputs)
+  elif any((workdir / name).exists() for name in outputs):
+    raise FileExistsError(
+      f'{workdir} holds outputs ({[n for n in outputs if (workdir / n).exists()]}) but no config.json, '
+      'so whose run they are is unknown; choose another workdir or pass --overwrite to delete them.'
+    )
   workdir.mkdir(parents=True, exist_ok=True)
   metrics_io.write_json(config_path, wanted)
   return workdir
+
+
+def restore_checkpoint(checkpoints: pathlib.Path, abstract_state):
+  """The latest checkpoint of a workdir being resumed, or None if it has none. A checkpoint that
+  cannot be read onto this run's state (truncated, or written by another version of the code) is an
+  error that says so and how to start afresh; nothing is deleted."""
+  if checkpoint.latest_step(checkpoints) is None:
+    return None
+  try:
+    return checkpoint.restore(checkpoints, abstract_state)[0]
+  except (ValueError, FileNotFoundError) as error:
+    raise ValueError(
+      f'cannot resume from {checkpoints}: {error} Pass --overwrite to delete the outputs and start afresh.'
+    ) from error
 
 
 def process_workdir(workdir: str, distributed: bool) -> str:

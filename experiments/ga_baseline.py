@@ -52,8 +52,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
   state = ga.init(initial_solution, cfg=cfg)
   state_shardings = sharding.ga_state_shardings(mesh, state)
   checkpoints, metrics_path = workdir / 'checkpoints', workdir / 'metrics.jsonl'
-  if checkpoint.latest_step(checkpoints) is not None:
-    state, _ = checkpoint.restore(checkpoints, checkpoint.abstract_like(state, state_shardings))
+  restored = common.restore_checkpoint(checkpoints, checkpoint.abstract_like(state, state_shardings))
+  if restored is not None:
+    state = restored
     rows = metrics_io.read_rows(metrics_path, 'step', int(state.step))
     logging.info('Resuming %s after generation %d.', workdir, int(state.step))
   else:

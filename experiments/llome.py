@@ -235,8 +235,9 @@ def run_experiment(
   graphdef, state = _initial_state(setup, config, seeds)
   state_sh = outer_loop.state_shardings(state, mesh, fsdp=config.fsdp)
   checkpoints, metrics_path = workdir / 'checkpoints', workdir / 'metrics.jsonl'
-  if checkpoint.latest_step(checkpoints) is not None:
-    state, _ = checkpoint.restore(checkpoints, checkpoint.abstract_like(state, state_sh))
+  restored = common.restore_checkpoint(checkpoints, checkpoint.abstract_like(state, state_sh))
+  if restored is not None:
+    state = restored
     rows = metrics_io.read_rows(metrics_path, 'round', int(state.round) + 1)
     logging.info('Resuming %s after round %d.', workdir, int(state.round))
   else:

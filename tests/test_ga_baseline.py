@@ -1,6 +1,7 @@
 """End-to-end tests of the GA experiment binary's `run_experiment`."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -107,6 +108,19 @@ def test_another_config_is_refused_without_touching_the_run_unless_overwrite(tmp
   assert _snapshot(tmp_path) == before
   ga_baseline.run_experiment(_small_config(mutation_prob=0.01, num_steps=2), str(tmp_path), overwrite=True)
   assert [row['step'] for row in metrics_io.read_jsonl(tmp_path / 'metrics.jsonl')] == [0, 1]
+
+
+# A failed Orbax read can leave TensorStore callbacks aimed at a closed event loop; they are harmless.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_run_that_cannot_resume_says_why_and_overwrite_starts_afresh(tmp_path):
+  config = _small_config()
+  summary = ga_baseline.run_experiment(config, str(tmp_path))
+  os.remove(tmp_path / 'checkpoints' / '4' / 'state' / '_METADATA')  # A step garbled on disk.
+  before = _snapshot(tmp_path)
+  with pytest.raises(ValueError, match=r'cannot resume from .*checkpoints.*Pass --overwrite'):
+    ga_baseline.run_experiment(config, str(tmp_path))
+  assert _snapshot(tmp_path) == before
+  assert ga_baseline.run_experiment(config, str(tmp_path), overwrite=True) == summary
 
 
 def test_rejects_bad_configs_before_writing_anything(tmp_path):
