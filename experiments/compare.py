@@ -10,7 +10,6 @@ run's per-round diagnostics (feasible fraction, edit distance, calibration) and 
 workdir has them; and (same path, .md) these as a Markdown table, also printed.
 """
 
-import json
 import os
 import pathlib
 import warnings
@@ -52,10 +51,7 @@ def load_run(workdir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   path = pathlib.Path(workdir) / 'metrics.jsonl'
   if not path.is_file():
     raise ValueError(f'no metrics.jsonl in workdir {workdir}: {path} does not exist.')
-  try:
-    rows = metrics_io.read_jsonl(path)
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path} is not valid JSON lines: {e}') from e
+  rows = metrics_io.read_jsonl(path)  # A malformed line is a ValueError naming the file and line.
   if not rows:
     raise ValueError(f'{path} is empty: the run has no rows yet.')
   for i, row in enumerate(rows):

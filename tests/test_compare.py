@@ -1,6 +1,7 @@
 """Tests of the comparison plot binary: step-function medians and bands, the summary, and its errors."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -184,6 +185,11 @@ def test_errors_name_the_problem_and_the_path(workdirs, tmp_path):
       compare.compare([workdirs['a0'], str(bad)], None, output)
   with pytest.raises(ValueError, match='--labels has 1 entries but --workdirs has 2'):
     compare.compare([workdirs['a0'], workdirs['a1']], ['A'], output)
+  garbled = _write_workdir(tmp_path / 'garbled', [(10, 0.9), (20, 0.5)])
+  text = (pathlib.Path(garbled) / 'metrics.jsonl').read_text()
+  (pathlib.Path(garbled) / 'metrics.jsonl').write_text(text.replace('0.9', '0.9,,', 1))
+  with pytest.raises(ValueError, match=r'garbled.metrics\.jsonl, line 1, is not a JSON object'):
+    compare.compare([garbled], None, output)
   shuffled = _write_workdir(tmp_path / 'shuffled', [(20, 0.5), (10, 0.9)])
   with pytest.raises(ValueError, match=r'shuffled.metrics\.jsonl: num_evaluations decreases'):
     compare.compare([shuffled], None, output)
