@@ -42,7 +42,17 @@ from llome_jax.test_functions import ehrlich
 _STOP_AFTER = flags.DEFINE_integer(
   'stop_after_round', None, 'Stop cleanly after this round (pre-emptible machines); rerun to resume.'
 )
-_OUTPUTS = ('metrics.jsonl', 'seed_data.npz', 'best.json', 'regret.png', 'labelled', 'checkpoints')
+_OUTPUTS = (
+  'metrics.jsonl',
+  'seed_data.npz',
+  'best.json',
+  'regret.png',
+  'labelled',
+  'checkpoints',
+  'timings.jsonl',
+  'diagnosis.jsonl',
+  'diagnosis.md',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +173,18 @@ def _initial_state(setup: Setup, config, seeds):
   )
 
 
+def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh):
+  """Runs the seed GA and builds the state before round 1 on `mesh`.
+
+  Returns:
+    (graphdef, seed data (sequences, values, oracle calls), state, its shardings); the state is also
+    the restore target of the run's checkpoints.
+  """
+  seeds = _seed_data(setup, config, mesh)
+  graphdef, state = _initial_state(setup, config, seeds)
+  return graphdef, seeds, state, outer_loop.state_shardings(state, mesh, fsdp=config.fsdp)
+
+
 def _chunks(loop_cfg: outer_loop.LoopConfig, start: int, stop: int, per_chunk: int):
   """(first round, number of rounds, (objective, epochs)) of each jitted chunk; a chunk never mixes
   trainings."""
@@ -231,9 +253,7 @@ def run_experiment(
   setup = build_setup(config)
   mesh = sharding.make_mesh(config.num_devices)
   workdir = common.prepare_workdir(workdir, config, overwrite=overwrite, outputs=_OUTPUTS)
-  seeds = _seed_data(setup, config, mesh)
-  graphdef, state = _initial_state(setup, config, seeds)
-  state_sh = outer_loop.state_shardings(state, mesh, fsdp=config.fsdp)
+  graphdef, seeds, state, state_sh = initial_state(setup, config, mesh)
   checkpoints, metrics_path = workdir / 'checkpoints', workdir / 'metrics.jsonl'
   restored = common.restore_checkpoint(checkpoints, checkpoint.abstract_like(state, state_sh))
   if restored is not None:

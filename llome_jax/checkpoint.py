@@ -156,6 +156,15 @@ def latest_step(directory: str | os.PathLike) -> int | None:
     return manager.latest_step()
 
 
+def all_steps(directory: str | os.PathLike) -> list[int]:
+  """Every complete step in `directory`, ascending; [] if it has none or does not exist."""
+  path = os.path.abspath(directory)
+  if not os.path.isdir(path):
+    return []
+  with _manager(path) as manager:
+    return sorted(manager.all_steps())
+
+
 def _abstract_leaf(leaf, sharding: jax.sharding.Sharding | None):
   if isinstance(leaf, jax.Array | jax.ShapeDtypeStruct):
     sharding = sharding if sharding is not None else getattr(leaf, 'sharding', None)

@@ -76,6 +76,7 @@ RUN_BY = {
   r'--workdir=runs/ga_f2$': 'test_readme_f2_walkthrough',
   r'^\.venv/bin/python -m experiments\.llome --config=experiments/configs/f2_marge\.py': 'test_readme_f2_walkthrough',
   r'^\.venv/bin/python -m experiments\.compare ': 'test_readme_f2_walkthrough',
+  r'^\.venv/bin/python -m experiments\.diagnose ': 'test_readme_f2_walkthrough',
   r'^\.venv/bin/python -m experiments\.ga_baseline --config=experiments/configs/ga_ehrlich\.py --workdir=DIR ': (
     'test_readme_ga_example'
   ),
@@ -200,6 +201,9 @@ def test_readme_f2_walkthrough(tmp_path):
   assert rows[-1]['num_evaluations'] == 10_000 + rows[1]['num_labelled'] > 10_000
   _run(_documented(r'experiments\.compare '), tmp_path)
   assert (tmp_path / 'runs' / 'f2.png').read_bytes()[:4] == b'\x89PNG'
+  _run(_documented(r'experiments\.diagnose '), tmp_path, extra=['--max_sequences=1', '--proposal_seeds=2'])
+  diagnosis = metrics_io.read_jsonl(tmp_path / 'runs' / 'f2_marge' / 'diagnosis.jsonl')
+  assert [row['round'] for row in diagnosis] == [0, 1] and diagnosis[1]['policy']['proposals'] > 0
 
 
 def test_build_eight_fake_devices(tmp_path):

@@ -195,3 +195,33 @@ def test_bad_config_fails_before_any_work(edit, error, match, tmp_path):
   with pytest.raises(error, match=match):
     llome.run_experiment(config, str(workdir))
   assert not workdir.exists()
+
+
+def test_diagnose_reports_every_round(uninterrupted):
+  """experiments.diagnose on the smoke run: a row per round, the plateau read back from the labelled
+  files, and policy statistics for the rounds whose checkpoints are kept (2 and 3)."""
+  from experiments import diagnose
+
+  workdir, summary = uninterrupted
+  rows = diagnose.diagnose(workdir, max_sequences=2, proposal_seeds=2)
+  assert [row['round'] for row in rows] == [0, 1, 2, 3]
+  assert rows[-1]['best_value'] == summary['best_value']
+  metrics = _rows(workdir)
+  for row, metric in zip(rows, metrics, strict=True):
+    assert row['best_value'] == pytest.approx(1.0 - metric['simple_regret_best'])
+    assert 1 <= row['analysed'] == min(2, row['num_plateau'])
+    assert row['num_singles'] == 12 * 7 and row['num_doubles'] == 66 * 49
+    improving = row['improving_singles'] + row['improving_doubles']
+    assert (row['best_reachable_value'] is None) == (sum(improving) == 0)
+    if row['best_reachable_value'] is not None:
+      assert row['best_reachable_value'] > row['best_value']
+  assert all('policy' not in row for row in rows[:2])
+  setup = llome.build_setup(_config())
+  for row in rows[2:]:
+    policy = row['policy']
+    assert policy['proposals'] == 2 * setup.loop_cfg.inner.rows_per_seed * row['analysed']
+    assert 0.0 <= policy['frac_improving'] <= policy['frac_feasible'] <= 1.0
+    assert policy['improving_edits'] == sum(row['improving_singles']) + sum(row['improving_doubles'])
+    assert 0 <= policy['improving_kept'] <= policy['improving_edits']
+  assert (workdir / 'diagnosis.md').read_text().count('\n') == 2 + len(rows)
+  assert metrics_io.read_jsonl(workdir / 'diagnosis.jsonl') == json.loads(json.dumps(rows))

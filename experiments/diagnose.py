@@ -1,0 +1,244 @@
+r"""Why an LLOME run stalls: the landscape around its best labelled sequences, and where its policy ranks
+the edits that would improve them, round by round.
+
+  python -m experiments.diagnose --workdir=runs/f2_marge
+
+For each round r (round 0: the seed data) and its best labelled sequences so far (the plateau: every
+distinct labelled sequence at the best value; the first `--max_sequences` analysed):
+- landscape: how many of the substitutions at one and at two sites improve f (exhaustive, evaluated
+  with the run's Ehrlich instance) and at which positions;
+- policy (rounds with a checkpoint; run with `--config.keep_checkpoints` >= the number of rounds to
+  keep them all): the policy as it left round r, i.e. as it enters round r+1 before training, decodes
+  `--proposal_seeds` copies of each plateau sequence with the run's decoding settings (one iteration of
+  the inner loop). Reported: its proposals' edit distance, feasibility and how often they improve; the
+  mean token log-likelihood (the statistic label selection keeps the top 40% of) of every improving edit,
+  as a percentile among the proposals, and how many improving edits the selection quantile would keep.
+The Ehrlich values of proposals are computed here, for the diagnosis only; the run never saw them.
+
+Writes WORKDIR/diagnosis.jsonl (one object per round) and WORKDIR/diagnosis.md (the table, also printed).
+"""
+
+import collections
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from experiments import common, llome
+from llome_jax import checkpoint, inner_loop, landscape, metrics_io, sharding
+from llome_jax.test_functions import ehrlich
+
+_MAX_SEQUENCES = flags.DEFINE_integer('max_sequences', 4, 'Plateau sequences analysed per round.')
+_PROPOSAL_SEEDS = flags.DEFINE_integer(
+  'proposal_seeds', 16, 'Copies of each plateau sequence the policy decodes (x the decoding settings).'
+)
+_ROUNDS = flags.DEFINE_list('rounds', None, 'Rounds to diagnose (default: every round of the run).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Randomness of the proposals.')
+
+
+def labelled_rounds(workdir: pathlib.Path) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(sequences, values) labelled in each round: round 0 is the seed data."""
+  rounds = [np.load(workdir / 'seed_data.npz')]
+  for path in sorted((workdir / 'labelled').glob('round_*.npz')):
+    rounds.append(np.load(path))
+  return [(np.asarray(r['sequences']), np.asarray(r['values'])) for r in rounds]
+
+
+def plateau(rounds, upto: int) -> tuple[float, np.ndarray]:
+  """The best value labelled in rounds 0..upto and the distinct sequences at it, first seen first."""
+  seqs = np.concatenate([s for s, _ in rounds[: upto + 1]])
+  values = np.concatenate([v for _, v in rounds[: upto + 1]])
+  best = float(values.max())
+  at_best = seqs[values == best]
+  _, first = np.unique(at_best, axis=0, return_index=True)
+  return best, at_best[np.sort(first)]
+
+
+def landscape_row(params: ehrlich.EhrlichParams, centres: np.ndarray) -> dict:
+  singles = [landscape.neighbourhood(params, x, 1) for x in centres]
+  doubles = [landscape.neighbourhood(params, x, 2) for x in centres]
+  site_pairs = collections.Counter(
+    tuple(int(i) for i in sites) for n in doubles for sites in n.improving_sites_NxK
+  )
+  reachable = [float(n.improving_values_N.max()) for n in singles + doubles if len(n.improving_values_N)]
+  return {
+    'improving_singles': [len(n.improving_values_N) for n in singles],
+    'improving_doubles': [len(n.improving_values_N) for n in doubles],
+    'num_singles': singles[0].num_edits,
+    'num_doubles': doubles[0].num_edits,
+    'feasible_singles': float(np.mean([n.num_feasible / n.num_edits for n in singles])),
+    'feasible_doubles': float(np.mean([n.num_feasible / n.num_edits for n in doubles])),
+    'double_sites_top': [[*pair, count] for pair, count in site_pairs.most_common(5)],
+    'best_reachable_value': max(reachable) if reachable else None,
+  }, singles + doubles
+
+
+def policy_row(
+  key, graphdef, params, setup, centres, neighbourhoods, state, round_threshold, *, copies: int
+) -> dict:
+  """Proposals of the policy from `copies` copies of each plateau sequence, and where the improving
+  edits rank among them."""
+  cfg = dataclasses.replace(setup.loop_cfg.inner, num_iterations=1)
+  shift = inner_loop.collapse_shift(state.mean_hamming) if setup.loop_cfg.temperature_scaling else 0.0
+  quantile = setup.loop_cfg.select.likelihood_quantile
+  stats = collections.defaultdict(list)
+  for i, x_L in enumerate(centres):
+    seeds_SxL = jnp.tile(jnp.asarray(x_L, jnp.int32)[None], (copies, 1))
+    gens = inner_loop.run(
+      jax.random.fold_in(key, i),
+      graphdef,
+      params,
+      seeds_SxL,
+      jnp.ones(copies, bool),
+      jnp.float32(shift),
+      codec=setup.codec,
+      cfg=cfg,
+    )
+    outputs_RxL = np.asarray(gens.outputs_IxRxL[0])
+    valid_R = np.asarray(gens.valid_IxR[0])
+    logp_R = np.asarray(gens.mean_logp_IxR[0])[valid_R]
+    values_R = np.asarray(ehrlich.evaluate(setup.ehrlich_params, outputs_RxL))[valid_R]
+    centre_value = neighbourhoods[i].value
+    stats['frac_valid'].append(valid_R.mean())
+    stats['frac_feasible'].append(np.isfinite(values_R).mean())
+    stats['frac_improving'].append((values_R > centre_value).mean())
+    stats['frac_copies'].append(np.all(outputs_RxL[valid_R] == x_L, axis=1).mean())
+    stats['mean_hamming'].append(np.mean(outputs_RxL[valid_R] != x_L))
+    threshold = np.quantile(logp_R, quantile)
+    improving_NxL = np.concatenate([n.improving_NxL for n in neighbourhoods[i :: len(centres)]])
+    if len(improving_NxL):
+      edit_logp_N = np.asarray(
+        landscape.edit_mean_logps(
+          graphdef, params, setup.codec, np.tile(x_L, (len(improving_NxL), 1)), improving_NxL
+        )
+      )
+      stats['percentiles'] += list(100.0 * np.mean(logp_R[None, :] < edit_logp_N[:, None], axis=1))
+      stats['kept'] += list(edit_logp_N >= threshold)
+      if round_threshold is not None:
+        stats['kept_by_round_threshold'] += list(edit_logp_N >= round_threshold)
+    stats['proposal_logp'] += list(logp_R)
+  percentiles = np.asarray(stats['percentiles'])
+  return {
+    'proposals': copies * cfg.rows_per_seed * len(centres),
+    'temperature_shift': float(shift),
+    **{k: float(np.mean(stats[k])) for k in ('frac_valid', 'frac_feasible', 'frac_improving', 'frac_copies')},
+    'mean_hamming': float(np.mean(stats['mean_hamming'])),
+    'proposal_logp_median': float(np.median(stats['proposal_logp'])),
+    'improving_edits': len(percentiles),
+    'improving_percentile_median': float(np.median(percentiles)) if len(percentiles) else None,
+    'improving_percentile_max': float(np.max(percentiles)) if len(percentiles) else None,
+    'improving_kept': int(np.sum(stats['kept'])),
+    'improving_kept_by_round_threshold': int(np.sum(stats['kept_by_round_threshold']))
+    if stats['kept_by_round_threshold']
+    else None,
+  }
+
+
+def diagnose(
+  workdir: str | pathlib.Path,
+  *,
+  rounds=None,
+  max_sequences: int = 4,
+  proposal_seeds: int = 16,
+  seed: int = 0,
+) -> list[dict]:
+  """The diagnosis of every round (or of `rounds`) of an LLOME workdir; writes diagnosis.jsonl/.md."""
+  workdir = pathlib.Path(workdir)
+  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  if isinstance(config.inner.temperatures, list):
+    with config.unlocked():
+      config.inner.temperatures = tuple(config.inner.temperatures)
+  setup = llome.build_setup(config)
+  labelled = labelled_rounds(workdir)
+  metrics = {row['round']: row for row in metrics_io.read_jsonl(workdir / 'metrics.jsonl')}
+  rounds = range(len(labelled)) if rounds is None else [int(r) for r in rounds]
+  checkpoints = workdir / 'checkpoints'
+  steps = set(checkpoint.all_steps(checkpoints))
+  mesh = sharding.make_mesh(1)
+  target = graphdef = None
+  if steps & set(rounds):
+    graphdef, _, state, state_sh = llome.initial_state(setup, config, mesh)
+    target = checkpoint.abstract_like(state, state_sh)
+  rows = []
+  for r in rounds:
+    best, centres_all = plateau(labelled, r)
+    centres = centres_all[:max_sequences]
+    row = {'round': r, 'best_value': best, 'num_plateau': len(centres_all), 'analysed': len(centres)}
+    land, neighbourhoods = landscape_row(setup.ehrlich_params, centres)
+    row |= land
+    if r in steps:
+      state, _ = checkpoint.restore(checkpoints, target, step=r)
+      threshold = metrics.get(r, {}).get('likelihood_threshold')
+      row['policy'] = policy_row(
+        jax.random.fold_in(jax.random.key(seed), r),
+        graphdef,
+        state.params,
+        setup,
+        centres,
+        neighbourhoods,
+        state,
+        threshold,
+        copies=proposal_seeds,
+      )
+    logging.info('round %d: %s', r, row)
+    rows.append(row)
+  metrics_io.rewrite_jsonl(workdir / 'diagnosis.jsonl', rows)
+  table = markdown(rows)
+  (workdir / 'diagnosis.md').write_text(table)
+  print(table)
+  return rows
+
+
+def _per_sequence(counts: list[int]) -> str:
+  return ', '.join(str(c) for c in counts)
+
+
+def markdown(rows: list[dict]) -> str:
+  lines = [
+    '| round | best f | plateau seqs | improving 1-site edits (per seq) | improving 2-site edits (per seq) '
+    '| top 2-site positions | proposals: Hamming, feasible, improving | improving edits: likelihood '
+    'percentile (median, max) | improving edits kept by selection |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ]
+  for row in rows:
+    policy = row.get('policy')
+    sites = ', '.join(f'({i},{j}) x{c}' for i, j, c in row['double_sites_top'][:3]) or '-'
+    if policy:
+      proposals = (
+        f'{policy["mean_hamming"]:.2f}, {policy["frac_feasible"]:.2f}, {policy["frac_improving"]:.3f}'
+      )
+      if policy['improving_edits']:
+        ranks = f'{policy["improving_percentile_median"]:.0f}, {policy["improving_percentile_max"]:.0f}'
+        kept = f'{policy["improving_kept"]} of {policy["improving_edits"]}'
+      else:
+        ranks, kept = '-', '-'
+    else:
+      proposals = ranks = kept = 'no checkpoint'
+    lines.append(
+      f'| {row["round"]} | {row["best_value"]:.4f} | {row["num_plateau"]} (analysed {row["analysed"]}) | '
+      f'{_per_sequence(row["improving_singles"])} | {_per_sequence(row["improving_doubles"])} | {sites} | '
+      f'{proposals} | {ranks} | {kept} |'
+    )
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  diagnose(
+    common.WORKDIR.value,
+    rounds=_ROUNDS.value,
+    max_sequences=_MAX_SEQUENCES.value,
+    proposal_seeds=_PROPOSAL_SEEDS.value,
+    seed=_SEED.value,
+  )
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)

@@ -1,0 +1,95 @@
+"""The landscape around a sequence: every substitution at one or two sites, evaluated, and the improving
+feasible ones; and how a policy ranks given edits against its own proposals. What `experiments.diagnose`
+reports to show why an optimiser stalls on a plateau. Exhaustive: at f2's size (L=32, v=32) a sequence has
+992 single and 476,656 double substitutions.
+"""
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from llome_jax import codec as codec_lib
+from llome_jax import model as model_lib
+from llome_jax import sharding, train
+from llome_jax.test_functions import ehrlich
+
+
+def substitutions(x_L: np.ndarray, num_states: int, num_sites: int) -> tuple[np.ndarray, np.ndarray]:
+  """Every sequence that differs from `x_L` at exactly `num_sites` positions, in a fixed order.
+
+  Returns:
+    The sequences [N, L] and their changed positions [N, num_sites] (ascending), where
+    N = C(L, num_sites) * (num_states - 1) ** num_sites.
+  """
+  x_L = np.asarray(x_L)
+  length = x_L.shape[0]
+  sites_SxK = np.asarray(list(itertools.combinations(range(length), num_sites)), np.int32).reshape(
+    -1, num_sites
+  )
+  # Token offsets 1..v-1 added modulo v run over every token but the current one.
+  offsets_OxK = np.asarray(list(itertools.product(range(1, num_states), repeat=num_sites)), np.int32)
+  num_sets, num_offsets = sites_SxK.shape[0], offsets_OxK.shape[0]
+  sites_NxK = np.repeat(sites_SxK, num_offsets, axis=0)
+  offsets_NxK = np.tile(offsets_OxK, (num_sets, 1))
+  edits_NxL = np.tile(x_L.astype(np.int32), (sites_NxK.shape[0], 1))
+  rows_N = np.arange(sites_NxK.shape[0])[:, None]
+  edits_NxL[rows_N, sites_NxK] = (x_L[sites_NxK] + offsets_NxK) % num_states
+  return edits_NxL.astype(x_L.dtype), sites_NxK
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbourhood:
+  """The substitutions of one sequence at `num_sites` sites and the improving feasible ones."""
+
+  value: float  # f of the centre.
+  num_sites: int
+  num_edits: int
+  num_feasible: int
+  improving_NxL: np.ndarray  # The improving edits (feasible by definition: infeasible is -inf) ...
+  improving_values_N: np.ndarray  # ... their values ...
+  improving_sites_NxK: np.ndarray  # ... and the positions each changes.
+
+
+def neighbourhood(params: ehrlich.EhrlichParams, x_L: np.ndarray, num_sites: int) -> Neighbourhood:
+  """Evaluates every substitution of `x_L` at `num_sites` sites (1 or 2 at f2's size) exactly."""
+  edits_NxL, sites_NxK = substitutions(x_L, params.num_states, num_sites)
+  values_N = np.asarray(ehrlich.evaluate(params, edits_NxL))
+  value = float(ehrlich.evaluate(params, np.asarray(x_L)[None])[0])
+  improving_N = values_N > value
+  return Neighbourhood(
+    value=value,
+    num_sites=num_sites,
+    num_edits=len(values_N),
+    num_feasible=int(np.sum(np.isfinite(values_N))),
+    improving_NxL=edits_NxL[improving_N],
+    improving_values_N=values_N[improving_N],
+    improving_sites_NxK=sites_NxK[improving_N],
+  )
+
+
+def edit_mean_logps(
+  graphdef: nnx.GraphDef,
+  params: model_lib.Params,
+  codec: codec_lib.CompactCodec,
+  x_NxL: Int[Array, 'N L'],
+  y_NxL: Int[Array, 'N L'],
+  *,
+  rows: int = 1024,
+) -> Float[Array, ' N']:
+  """Mean token log-likelihood of each edit x -> y under the policy, by teacher forcing: the statistic
+  LLOME ranks generations and selects labels by (`sampling.Samples.mean_logp` of a generation of y)."""
+
+  @jax.jit
+  def run(x_NxL, y_NxL):
+    def chunk(_, xy):
+      summed_B, count_B = train.sequence_logps(graphdef, params, codec.encode_pairs(*xy))
+      return summed_B / jnp.maximum(count_B, 1)
+
+    return sharding.chunked_map(chunk, (x_NxL, y_NxL), rows=rows)
+
+  return run(jnp.asarray(x_NxL, jnp.int32), jnp.asarray(y_NxL, jnp.int32))

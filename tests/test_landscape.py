@@ -1,0 +1,72 @@
+"""Tests for llome_jax.landscape: substitution enumeration, improving edits against brute force, and the
+teacher-forced likelihood of an edit against the sampler's."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llome_jax import codec, inner_loop, landscape, model
+from llome_jax.test_functions import ehrlich
+
+
+@pytest.mark.parametrize('num_sites', [1, 2])
+def test_substitutions_are_every_edit_at_exactly_k_sites(num_sites):
+  x = np.array([0, 3, 1, 1, 2, 0], np.int32)
+  edits, sites = landscape.substitutions(x, 4, num_sites)
+  assert edits.shape == (math.comb(6, num_sites) * 3**num_sites, 6) and sites.shape == (len(edits), num_sites)
+  assert len({tuple(e) for e in edits.tolist()}) == len(edits)
+  changed = edits != x
+  np.testing.assert_array_equal(changed.sum(axis=1), num_sites)
+  np.testing.assert_array_equal(np.sort(np.nonzero(changed)[1].reshape(-1, num_sites), axis=1), sites)
+  assert edits.min() >= 0 and edits.max() < 4
+
+
+def _brute_force_improving(params, x, num_sites):
+  value = float(ehrlich.evaluate(params, x[None])[0])
+  found = set()
+  for positions in itertools.combinations(range(len(x)), num_sites):
+    for tokens in itertools.product(range(params.num_states), repeat=num_sites):
+      if any(x[p] == t for p, t in zip(positions, tokens, strict=True)):
+        continue
+      y = x.copy()
+      y[list(positions)] = tokens
+      if float(ehrlich.evaluate(params, y[None])[0]) > value:
+        found.add(tuple(y.tolist()))
+  return found
+
+
+@pytest.mark.parametrize('num_sites', [1, 2])
+def test_improving_edits_equal_brute_force(num_sites):
+  key = jax.random.key(3)
+  params = ehrlich.sample_params(key, num_states=8, dim=10, num_motifs=2, motif_length=3)
+  x = np.asarray(ehrlich.initial_solution(jax.random.fold_in(key, 1), params, 10)[0])
+  around = landscape.neighbourhood(params, x, num_sites)
+  expected = _brute_force_improving(params, x, num_sites)
+  assert expected, 'pick an instance where something improves'
+  assert {tuple(e) for e in around.improving_NxL.tolist()} == expected
+  assert np.all(around.improving_values_N > around.value)
+  np.testing.assert_array_equal(around.improving_values_N, ehrlich.evaluate(params, around.improving_NxL))
+  for edit, sites in zip(around.improving_NxL, around.improving_sites_NxK, strict=True):
+    np.testing.assert_array_equal(np.nonzero(edit != x)[0], sites)
+  edits, _ = landscape.substitutions(x, 8, num_sites)
+  assert around.num_edits == len(edits) == math.comb(10, num_sites) * 7**num_sites
+  assert around.num_feasible == int(np.sum(ehrlich.is_feasible(params, edits))) < around.num_edits
+
+
+def test_edit_likelihood_is_the_samplers_mean_logp():
+  """Label selection ranks a generation by the sampler's mean token log-likelihood; the diagnostic
+  ranks given edits by teacher forcing. They must be the same number for the same edit."""
+  pair_codec = codec.CompactCodec(num_states=6, length=8)
+  graphdef, params = model.init(model.preset('tiny', vocab_size=pair_codec.vocab_size), jax.random.key(0))
+  seeds = jax.random.randint(jax.random.key(1), (3, 8), 0, 6)
+  cfg = inner_loop.InnerLoopConfig(num_iterations=1, temperatures=(1.0,), samples_per_temperature=2)
+  gens = inner_loop.run(
+    jax.random.key(2), graphdef, params, seeds, jnp.ones(3, bool), jnp.float32(0.0), codec=pair_codec, cfg=cfg
+  )
+  x, y = gens.inputs_IxRxL[0], gens.outputs_IxRxL[0]
+  got = landscape.edit_mean_logps(graphdef, params, pair_codec, x, y, rows=4)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(gens.mean_logp_IxR[0]), atol=1e-5)
