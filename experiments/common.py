@@ -6,6 +6,8 @@ import json
 import pathlib
 import shutil
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -114,15 +116,15 @@ def make_ga_config(ga_config: ml_collections.ConfigDict, num_states: int, dim: i
     )
 
 
-def config_differences(held, wanted, prefix: str = '') -> list[str]:
-  """Dotted keys whose values differ between two configs as JSON dicts, with both values."""
-  changes = []
+def config_differences(held, wanted, prefix: str = '') -> dict[str, tuple]:
+  """The dotted keys whose values differ between two configs (as JSON dicts), with (held, wanted)."""
+  changes = {}
   for key in sorted(set(held) | set(wanted)):
     a, b = held.get(key, '<absent>'), wanted.get(key, '<absent>')
     if isinstance(a, dict) and isinstance(b, dict):
-      changes += config_differences(a, b, f'{prefix}{key}.')
+      changes |= config_differences(a, b, f'{prefix}{key}.')
     elif a != b:
-      changes.append(f'{prefix}{key}: {a!r} -> {b!r}')
+      changes[f'{prefix}{key}'] = (a, b)
   return changes
 
 
@@ -136,12 +138,22 @@ def _delete(workdir: pathlib.Path, outputs: tuple[str, ...]) -> None:
 
 
 def prepare_workdir(
-  workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *, overwrite: bool, outputs: tuple[str, ...]
+  workdir: str | pathlib.Path,
+  config: ml_collections.ConfigDict,
+  *,
+  overwrite: bool,
+  outputs: tuple[str, ...],
+  may_change: tuple[str, ...] = (),
+  check_progress: Callable[[], None] | None = None,
 ) -> pathlib.Path:
-  """The workdir protocol, shared by the binaries. Without `overwrite`: a workdir holding this config
-  is resumed; one holding another config, an unreadable config.json, or outputs without a config.json
-  is refused with the reason, and nothing in it is written or deleted. With `overwrite`, the workdir's
-  `outputs` are deleted and the run starts afresh. Records this config as config.json.
+  """The workdir protocol, shared by the binaries.
+
+  Without `overwrite`, a workdir holding this config is resumed, and so is one whose config differs in
+  `may_change` keys only (a budget that grows, logging and housekeeping); `check_progress` is then
+  called before anything is written, to refuse a budget below what the workdir already ran. A workdir
+  holding another config, an unreadable config.json, or outputs without a config.json is refused with
+  the reason, and nothing in it is written or deleted. With `overwrite`, the workdir's `outputs` are
+  deleted and the run starts afresh. Records this config as config.json.
   """
   workdir = pathlib.Path(workdir)
   config_path = workdir / 'config.json'
@@ -156,12 +168,17 @@ def prepare_workdir(
         f'{config_path} is not valid JSON ({error}), so this workdir cannot be resumed; choose another '
         'workdir or pass --overwrite to delete its outputs.'
       ) from None
-    if held != wanted:
-      changes = config_differences(held, wanted)
+    changes = config_differences(held, wanted)
+    fixed = {key: change for key, change in changes.items() if key not in may_change}
+    if fixed:
+      listed = '; '.join(f'{key}: {a!r} -> {b!r}' for key, (a, b) in fixed.items())
       raise FileExistsError(
-        f'{workdir} holds a run with another config ({len(changes)} keys differ: {"; ".join(changes)}); '
-        'choose another workdir or pass --overwrite to delete its outputs.'
+        f'{workdir} holds a run with another config ({len(fixed)} keys differ: {listed}); only '
+        f'{list(may_change)} may change when a run is resumed. Choose another workdir or pass --overwrite '
+        'to delete its outputs.'
       )
+    if check_progress is not None:
+      check_progress()
   elif any((workdir / name).exists() for name in outputs):
     raise FileExistsError(
       f'{workdir} holds outputs ({[n for n in outputs if (workdir / n).exists()]}) but no config.json, '
@@ -172,18 +189,35 @@ def prepare_workdir(
   return workdir
 
 
-def restore_checkpoint(checkpoints: pathlib.Path, abstract_state):
-  """The latest checkpoint of a workdir being resumed, or None if it has none. A checkpoint that
-  cannot be read onto this run's state (truncated, or written by another version of the code) is an
-  error that says so and how to start afresh; nothing is deleted."""
+def restore_checkpoint(checkpoints: pathlib.Path, target: Callable[[dict], Any]):
+  """The latest checkpoint of a workdir being resumed, or None if it has none.
+
+  Args:
+    checkpoints: the checkpoint directory.
+    target: maps the step's metadata to the restore target (an abstract state): where the state's
+      shapes depend on the budget (an archive sized for the whole run), the metadata says which.
+
+  A checkpoint that cannot be read onto the target (truncated, or written by another version of the
+  code) is an error that says so and how to start afresh; nothing is deleted.
+  """
   if checkpoint.latest_step(checkpoints) is None:
     return None
   try:
-    return checkpoint.restore(checkpoints, abstract_state)[0]
+    return checkpoint.restore(checkpoints, target(checkpoint.read_metadata(checkpoints)))[0]
   except (ValueError, FileNotFoundError) as error:
     raise ValueError(
       f'cannot resume from {checkpoints}: {error} Pass --overwrite to delete the outputs and start afresh.'
     ) from error
+
+
+def refuse_shrinking(done: int, allowed: int, unit: str, budget: str) -> None:
+  """Raises if a resumed run's new budget (`allowed` units) is below what it already ran (`done`)."""
+  if allowed < done:
+    raise ValueError(
+      f'this workdir already ran {done} {unit}, and the budget given ({budget}) allows {allowed}: a '
+      'budget can grow when a run is resumed, not shrink below what was run. Nothing was changed; rerun '
+      'with a budget of at least what was run, or pass --overwrite to start afresh.'
+    )
 
 
 def process_workdir(workdir: str, distributed: bool) -> str:

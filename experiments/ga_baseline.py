@@ -10,7 +10,9 @@ same command on the same workdir resumes from the last checkpoint and ends as an
 workdir holding another config is refused unless --overwrite is given.
 """
 
+import dataclasses
 import functools
+import pathlib
 import time
 
 import jax
@@ -24,14 +26,19 @@ from llome_jax import archive, checkpoint, configs, ga, metrics_io, sharding
 from llome_jax.test_functions import ehrlich
 
 _OUTPUTS = ('metrics.jsonl', 'best.json', 'regret.png', 'seed_data.npz', 'checkpoints')
+# Keys a resumed run may change: its budget (which may grow, never below what was run) and what only
+# changes logging and housekeeping.
+_MAY_CHANGE = ('ga.num_steps', 'ga.max_evaluations', 'log_every', 'checkpoint_every', 'keep_checkpoints')
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False) -> dict:
   """Runs (or resumes) the GA and writes its outputs; returns the final summary (also best.json).
 
   A workdir that holds this config resumes from its last checkpoint (every `checkpoint_every`
-  generations and at the end) and ends exactly as an uninterrupted run; one holding another config is
-  refused unless `overwrite`. Every check of the config runs before anything is written.
+  generations and at the end) and ends exactly as an uninterrupted run. A finished run whose budget
+  (ga.num_steps, ga.max_evaluations) is raised continues to the new budget and ends as a run started
+  with it; logging and checkpointing keys may change too. A workdir holding another config is refused
+  unless `overwrite`. Every check of the config runs before anything is written.
   """
   configs.validate(config, ga_ehrlich.get_config())
   # ---------------------------------------------------------------- Setup: every check before any work.
@@ -47,14 +54,35 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
     if config[key] < 1:
       raise ValueError(f'config.{key} must be >= 1, got {config[key]}.')
   mesh = sharding.make_mesh(config.num_devices)
-  workdir = common.prepare_workdir(workdir, config, overwrite=overwrite, outputs=_OUTPUTS)
+  checkpoints = pathlib.Path(workdir) / 'checkpoints'
 
+  def check_progress():
+    budget = f'ga.num_steps={config.ga.num_steps}, ga.max_evaluations={config.ga.max_evaluations}'
+    common.refuse_shrinking(checkpoint.latest_step(checkpoints) or 0, num_steps, 'generations', budget)
+
+  workdir = common.prepare_workdir(
+    workdir,
+    config,
+    overwrite=overwrite,
+    outputs=_OUTPUTS,
+    may_change=_MAY_CHANGE,
+    check_progress=check_progress,
+  )
   state = ga.init(initial_solution, cfg=cfg)
   state_shardings = sharding.ga_state_shardings(mesh, state)
-  checkpoints, metrics_path = workdir / 'checkpoints', workdir / 'metrics.jsonl'
-  restored = common.restore_checkpoint(checkpoints, checkpoint.abstract_like(state, state_shardings))
+  metrics_path = workdir / 'metrics.jsonl'
+
+  def restore_target(metadata):
+    # The default archive holds every evaluation of the budget, so a run resumed with a larger budget
+    # restores the archive it saved and grows it.
+    capacity = metadata.get('archive_capacity', cfg.archive_capacity)
+    saved = ga.init(initial_solution, cfg=dataclasses.replace(cfg, archive_capacity=capacity))
+    return checkpoint.abstract_like(saved, sharding.ga_state_shardings(mesh, saved))
+
+  restored = common.restore_checkpoint(checkpoints, restore_target)
   if restored is not None:
-    state = restored
+    archive_now = archive.resized(restored.archive, cfg.archive_capacity)
+    state = jax.device_put(restored.replace(archive=archive_now), state_shardings)
     rows = metrics_io.read_rows(metrics_path, 'step', int(state.step))
     logging.info('Resuming %s after generation %d.', workdir, int(state.step))
   else:
@@ -100,7 +128,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
     done += length
     solved = not metrics['active'][-1]
     if int(state.step) > saved and (done - saved >= config.checkpoint_every or done >= num_steps or solved):
-      checkpoint.save(checkpoints, int(state.step), state, keep=config.keep_checkpoints)
+      metadata = {'generation': int(state.step), 'archive_capacity': cfg.archive_capacity}
+      checkpoint.save(checkpoints, int(state.step), state, metadata=metadata, keep=config.keep_checkpoints)
       saved = int(state.step)
     if chunk_rows:
       last = chunk_rows[-1]

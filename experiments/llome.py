@@ -42,6 +42,9 @@ from llome_jax.test_functions import ehrlich
 _STOP_AFTER = flags.DEFINE_integer(
   'stop_after_round', None, 'Stop cleanly after this round (pre-emptible machines); rerun to resume.'
 )
+# Keys a resumed run may change: the number of rounds (which may grow, never below what was run) and
+# housekeeping.
+_MAY_CHANGE = ('outer.num_rounds', 'keep_checkpoints', 'rounds_per_chunk')
 _OUTPUTS = (
   'metrics.jsonl',
   'seed_data.npz',
@@ -252,12 +255,36 @@ def run_experiment(
   # ---------------------------------------------------------------- Setup: every check before any work.
   setup = build_setup(config)
   mesh = sharding.make_mesh(config.num_devices)
-  workdir = common.prepare_workdir(workdir, config, overwrite=overwrite, outputs=_OUTPUTS)
+  checkpoints = pathlib.Path(workdir) / 'checkpoints'
+
+  def check_progress():
+    done = checkpoint.latest_step(checkpoints) or 0
+    common.refuse_shrinking(
+      done, config.outer.num_rounds, 'rounds', f'outer.num_rounds={config.outer.num_rounds}'
+    )
+
+  workdir = common.prepare_workdir(
+    workdir,
+    config,
+    overwrite=overwrite,
+    outputs=_OUTPUTS,
+    may_change=_MAY_CHANGE,
+    check_progress=check_progress,
+  )
   graphdef, seeds, state, state_sh = initial_state(setup, config, mesh)
-  checkpoints, metrics_path = workdir / 'checkpoints', workdir / 'metrics.jsonl'
-  restored = common.restore_checkpoint(checkpoints, checkpoint.abstract_like(state, state_sh))
+  metrics_path = workdir / 'metrics.jsonl'
+
+  def restore_target(metadata):
+    # The history holds every label of the budget, so a run resumed with more rounds restores the
+    # history it saved and grows it.
+    capacity = metadata.get('history_capacity', state.history.capacity)
+    saved = state.replace(history=archive_lib.init(capacity, setup.codec.length))
+    return checkpoint.abstract_like(saved, state_sh)
+
+  restored = common.restore_checkpoint(checkpoints, restore_target)
   if restored is not None:
-    state = restored
+    history = archive_lib.resized(restored.history, state.history.capacity)
+    state = jax.device_put(restored.replace(history=history), state_sh)
     rows = metrics_io.read_rows(metrics_path, 'round', int(state.round) + 1)
     logging.info('Resuming %s after round %d.', workdir, int(state.round))
   else:
@@ -302,9 +329,8 @@ def run_experiment(
     new_rows = _rows(metrics, length)
     metrics_io.append_jsonl(metrics_path, new_rows)
     rows.extend(new_rows)
-    checkpoint.save(
-      checkpoints, int(state.round), state, metadata={'round': int(state.round)}, keep=config.keep_checkpoints
-    )
+    metadata = {'round': int(state.round), 'history_capacity': state.history.capacity}
+    checkpoint.save(checkpoints, int(state.round), state, metadata=metadata, keep=config.keep_checkpoints)
     seconds = time.perf_counter() - start
     metrics_io.append_jsonl(
       workdir / 'timings.jsonl', [{'first_round': first, 'rounds': length, 'seconds': seconds}]

@@ -39,6 +39,25 @@ def init(capacity: int, length: int, dtype=jnp.int32) -> Archive:
   )
 
 
+def resized(archive: Archive, capacity: int) -> Archive:
+  """The same archive with room for `capacity` rows: what it holds, and what `add` and `contains` do
+  with it, are unchanged (a run resumed with another budget resizes its archive to the new budget's).
+  Shrinking below the rows held is an error; this runs on the host, between jitted calls."""
+  held = int(archive.count)
+  if capacity < held:
+    raise ValueError(f'an archive holding {held} rows cannot shrink to capacity {capacity}.')
+  if capacity <= archive.capacity:
+    return jax.tree.map(lambda x: x[:capacity] if x.ndim else x, archive)
+  pad = capacity - archive.capacity
+  return Archive(
+    sequences_CxL=jnp.pad(archive.sequences_CxL, ((0, pad), (0, 0))),
+    values_C=jnp.pad(archive.values_C, (0, pad), constant_values=-jnp.inf),
+    hashes_Cx2=jnp.pad(archive.hashes_Cx2, ((0, pad), (0, 0))),
+    count=archive.count,
+    num_dropped=archive.num_dropped,
+  )
+
+
 def _mix32(h):
   """A bijective 32-bit finaliser (lowbias32 constants): every input bit affects every output bit."""
   h = (h ^ (h >> 16)) * jnp.uint32(0x7FEB352D)

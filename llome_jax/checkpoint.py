@@ -165,6 +165,27 @@ def all_steps(directory: str | os.PathLike) -> list[int]:
     return sorted(manager.all_steps())
 
 
+def read_metadata(directory: str | os.PathLike, *, step: int | None = None) -> dict[str, Any]:
+  """The JSON metadata of a step (the latest by default), without reading its state: what a caller
+  needs to build the restore target when the state's shapes depend on it."""
+  path = os.path.abspath(directory)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'No checkpoint directory at {path}.')
+  with _manager(path) as manager:
+    steps = sorted(manager.all_steps())
+    if not steps or (step is not None and step not in steps):
+      raise FileNotFoundError(f'No checkpoint {"" if step is None else f"step {step} "}in {path}.')
+    step = steps[-1] if step is None else step
+    where = os.path.join(path, str(step))
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**{_METADATA: ocp.args.JsonRestore()}))
+    except Exception as error:
+      raise _malformed(where, error) from error
+  if not isinstance(restored[_METADATA], dict):
+    raise _malformed(where, TypeError(f'its metadata is {restored[_METADATA]!r}, not a dict'))
+  return restored[_METADATA]
+
+
 def _abstract_leaf(leaf, sharding: jax.sharding.Sharding | None):
   if isinstance(leaf, jax.Array | jax.ShapeDtypeStruct):
     sharding = sharding if sharding is not None else getattr(leaf, 'sharding', None)

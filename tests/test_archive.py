@@ -287,3 +287,24 @@ def test_add_ignores_unreal_rows_even_when_they_come_first():
   np.testing.assert_array_equal(stored, [[1, 2, 3], [4, 5, 6]])
   np.testing.assert_array_equal(values, [2.0, 3.0])
   assert int(state.num_dropped) == 0
+
+
+def test_resized_archive_holds_and_adds_as_one_built_larger():
+  rng = np.random.default_rng(5)
+  batches = [jnp.asarray(rng.integers(0, 3, (40, 6)), jnp.int32) for _ in range(3)]
+  values = [jnp.asarray(rng.normal(size=40), jnp.float32) for _ in range(3)]
+  small = archive.add(archive.init(64, 6), batches[0], values[0])
+  large = archive.add(archive.init(200, 6), batches[0], values[0])
+  grown = archive.resized(small, 200)
+  chex.assert_trees_all_equal(grown, large)
+  for x, v in zip(batches[1:], values[1:], strict=True):
+    grown, large = archive.add(grown, x, v), archive.add(large, x, v)
+    chex.assert_trees_all_equal(grown, large)
+    np.testing.assert_array_equal(archive.contains(grown, x), archive.contains(large, x))
+  # Shrinking keeps every held row (the first batch holds fewer than 40 distinct rows of 3 tokens).
+  first = archive.add(archive.init(200, 6), batches[0], values[0])
+  shrunk = archive.resized(first, 40)
+  assert shrunk.capacity == 40
+  chex.assert_trees_all_equal(archive.resized(shrunk, 200), first)
+  with pytest.raises(ValueError, match='cannot shrink'):
+    archive.resized(small, int(small.count) - 1)

@@ -206,3 +206,15 @@ def test_corrupt_checkpoint_is_reported_and_others_still_restore(tmp_path, corru
   assert _snapshot(tmp_path) == before
   restored, _ = checkpoint.restore(tmp_path, states[1], step=1)
   chex.assert_trees_all_equal(_comparable(restored), _comparable(states[1]))
+
+
+def test_read_metadata_without_the_state(tmp_path):
+  checkpoint.save(tmp_path, 1, _loop_state(), metadata={'round': 1, 'history_capacity': 40})
+  checkpoint.save(tmp_path, 2, _loop_state(), metadata={'round': 2, 'history_capacity': 64})
+  assert checkpoint.read_metadata(tmp_path) == {'round': 2, 'history_capacity': 64}
+  assert checkpoint.read_metadata(tmp_path, step=1) == {'round': 1, 'history_capacity': 40}
+  assert checkpoint.all_steps(tmp_path) == [1, 2] and checkpoint.all_steps(tmp_path / 'none') == []
+  with pytest.raises(FileNotFoundError, match='No checkpoint step 3'):
+    checkpoint.read_metadata(tmp_path, step=3)
+  with pytest.raises(FileNotFoundError, match='No checkpoint directory'):
+    checkpoint.read_metadata(tmp_path / 'none')

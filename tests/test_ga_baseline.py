@@ -98,11 +98,41 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
   assert _snapshot(whole) == before
 
 
+@pytest.mark.parametrize(
+  'first, then', [({'num_steps': 3}, {'num_steps': 5}), ({'max_evaluations': 600}, {'max_evaluations': 1000})]
+)
+def test_a_finished_run_extended_equals_one_run_with_the_larger_budget(tmp_path, first, then):
+  """3 generations, then the same workdir rerun with a budget of 5: the same outputs as 5 straight. The
+  default archive, sized for the budget (600, then 1,000 evaluations), grows with it."""
+  straight, extended = tmp_path / 'straight', tmp_path / 'extended'
+  summary = ga_baseline.run_experiment(_small_config(**then), str(straight))
+  ga_baseline.run_experiment(_small_config(**first), str(extended))
+  assert len(metrics_io.read_jsonl(extended / 'metrics.jsonl')) == 3
+  config = _small_config(**then)
+  config.log_every = 2  # Logging may change on a rerun too.
+  assert ga_baseline.run_experiment(config, str(extended)) == summary
+  snapshot = _snapshot(extended)
+  assert json.loads(snapshot.pop('config.json')) == json.loads(json.dumps(config.to_dict()))
+  expected = _snapshot(straight)
+  expected.pop('config.json')
+  assert snapshot == expected
+
+
+def test_a_budget_below_what_was_run_is_refused_and_changes_nothing(tmp_path):
+  ga_baseline.run_experiment(_small_config(num_steps=5), str(tmp_path))
+  before = _snapshot(tmp_path)
+  with pytest.raises(ValueError, match=r'already ran 5 generations, and the budget given \(ga\.num_steps=4'):
+    ga_baseline.run_experiment(_small_config(num_steps=4), str(tmp_path))
+  assert _snapshot(tmp_path) == before
+
+
 def test_another_config_is_refused_without_touching_the_run_unless_overwrite(tmp_path):
   ga_baseline.run_experiment(_small_config(), str(tmp_path))
   before = _snapshot(tmp_path)
   with pytest.raises(
-    FileExistsError, match=r'another config \(1 keys differ: ga\.mutation_prob: 0\.005 -> 0\.01\)'
+    FileExistsError,
+    match=r"another config \(1 keys differ: ga\.mutation_prob: 0\.005 -> 0\.01\); only \['ga\.num_steps', "
+    r"'ga\.max_evaluations', 'log_every', 'checkpoint_every', 'keep_checkpoints'\] may change",
   ):
     ga_baseline.run_experiment(_small_config(mutation_prob=0.01), str(tmp_path))
   assert _snapshot(tmp_path) == before

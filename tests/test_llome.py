@@ -132,24 +132,59 @@ def test_one_device_equals_eight(uninterrupted, tmp_path):
     assert rows[1]['num_evaluations'] == rows[0]['num_evaluations'] + rows[1]['num_labelled']
 
 
+def _snapshot(directory):
+  """Every file's bytes, .npz files by their arrays (zip entries carry write times), checkpoints and
+  timings (which hold timestamps) by name only."""
+  snapshot = {}
+  for path in sorted(p for p in directory.rglob('*') if p.is_file()):
+    name = str(path.relative_to(directory))
+    if name.startswith('checkpoints') or name == 'timings.jsonl':
+      snapshot[name] = None
+    elif path.suffix == '.npz':
+      snapshot[name] = {k: v.tolist() for k, v in np.load(path).items()}
+    else:
+      snapshot[name] = path.read_bytes()
+  return snapshot
+
+
 def test_refuses_a_workdir_with_another_config_unless_overwrite(uninterrupted, tmp_path):
   workdir, _ = uninterrupted
-  before = (workdir / 'metrics.jsonl').read_text()
-  with pytest.raises(FileExistsError, match=r'another config.*outer'):
-    llome.run_experiment(_changed_rounds(), str(workdir))
-  assert (workdir / 'metrics.jsonl').read_text() == before  # Nothing written before is lost.
+  before = _snapshot(workdir)
+  changed = _config()
+  changed.outer.num_labels = 40
+  with pytest.raises(
+    FileExistsError, match=r"1 keys differ: outer.num_labels: 48 -> 40\); only \['outer.num_rounds'"
+  ):
+    llome.run_experiment(changed, str(workdir))
+  shrunk = _config()
+  shrunk.outer.num_rounds = 2
+  with pytest.raises(ValueError, match=r'already ran 3 rounds, and the budget given \(outer.num_rounds=2\)'):
+    llome.run_experiment(shrunk, str(workdir))
+  assert _snapshot(workdir) == before  # Nothing written before is lost.
   # Overwriting a copy of the finished run leaves only the new run's outputs.
   copy = tmp_path / 'copy'
   shutil.copytree(workdir, copy)
-  llome.run_experiment(_changed_rounds(), str(copy), overwrite=True, stop_after_round=0)
+  llome.run_experiment(changed, str(copy), overwrite=True, stop_after_round=0)
   assert [row['round'] for row in _rows(copy)] == [0]
   assert not (copy / 'labelled' / 'round_0001.npz').exists()
 
 
-def _changed_rounds():
-  config = _config()
-  config.outer.num_rounds = 4
-  return config
+def test_a_finished_run_extended_equals_one_run_with_more_rounds(uninterrupted, tmp_path):
+  """The 3-round smoke run, rerun with outer.num_rounds=5 (and another checkpoint count, which is
+  housekeeping): rounds 4 and 5 continue from its checkpoint, and every output equals a 5-round run's.
+  The label history, sized for the budget, grows with it."""
+  workdir, _ = uninterrupted
+  extended, straight = tmp_path / 'extended', tmp_path / 'straight'
+  shutil.copytree(workdir, extended)
+  five = _config()
+  five.outer.num_rounds = 5
+  summary = llome.run_experiment(five, str(straight))
+  five.keep_checkpoints = 3
+  assert llome.run_experiment(five, str(extended)) == summary
+  got, want = _snapshot(extended), _snapshot(straight)
+  for name in ('config.json', 'diagnosis.jsonl', 'diagnosis.md'):  # The diagnosis test may have run.
+    got.pop(name, None), want.pop(name, None)
+  assert {k: v for k, v in got.items() if v is not None} == {k: v for k, v in want.items() if v is not None}
 
 
 @pytest.mark.parametrize(
