@@ -3,6 +3,9 @@ JAX device (no device-count flag; the suite's other tests see 8 fake devices), a
 command allows. A command these tests cannot run here is listed with the reason, and a documented
 command that no entry below accounts for fails `test_every_documented_command_is_accounted_for`, so the
 docs cannot gain a command that nothing runs. README's "bad input" table is checked row by row.
+
+Everything that starts a process is marked slow, except the README's GA example, the cheapest check that
+the binaries run on one device: `-m 'not slow'` (CI's run on the newest Python) keeps that one.
 """
 
 import os
@@ -56,7 +59,9 @@ def documented_commands() -> list[tuple[str, str]]:
 # Commands not run by these tests, by pattern, with the reason.
 NOT_RUN_HERE = {
   r'^python3 -m venv \.venv$': 'creates the venv that runs these tests (.ci/run runs it on a fresh clone)',
-  r"^\.venv/bin/pip install -e (\.|'\.\[test\]')$": 'installs the project: .ci/run does it on a fresh clone',
+  r"^\.venv/bin/pip install -e (\.|'\.\[test\]')( -c constraints\.txt)?$": (
+    'installs the project: .ci/run does it on a fresh clone'
+  ),
   r"^\.venv/bin/pip install -e '\.\[(cuda12|tpu)\]'$": 'needs a CUDA GPU or a TPU',
   r'^\.venv/bin/ruff (check|format --check) \.$': 'part of the README test command that CI runs',
   r'^\.venv/bin/python -m pytest ': 'the test suite itself (CI runs the README test command)',
@@ -206,6 +211,7 @@ def test_readme_f2_walkthrough(tmp_path):
   assert [row['round'] for row in diagnosis] == [0, 1] and diagnosis[1]['policy']['proposals'] > 0
 
 
+@pytest.mark.slow
 def test_build_eight_fake_devices(tmp_path):
   """BUILD.md's 8-fake-device GA run gives the same metrics as one device."""
   command = _documented(r'^XLA_FLAGS=--xla_force_host_platform_device_count=8 ')
@@ -218,6 +224,7 @@ def test_build_eight_fake_devices(tmp_path):
   ).read_text()
 
 
+@pytest.mark.slow
 def test_build_device_listing(tmp_path):
   for _, command in documented_commands():
     if command.startswith('.venv/bin/python -c "import jax; '):
@@ -225,11 +232,13 @@ def test_build_device_listing(tmp_path):
       assert 'CpuDevice' in result.stdout or result.stdout.strip() == '1'
 
 
+@pytest.mark.slow
 def test_build_memory_benchmark(tmp_path):
   result = _run(_documented(r'ehrlich_memory\.py$'), tmp_path, extra=['--num_sequences=10000', '--length=64'])
   assert 'within the limit' in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HOLO_PYTHON.exists(), reason='no .venv-holo (bash benchmarks/make_holo_venv.sh)')
 def test_build_holo_benchmarks(tmp_path):
   speed = _run(
@@ -250,6 +259,7 @@ _SMALL_LM = ['--preset=tiny', '--batch_size=4', '--seq_len=16', '--num_prompts=4
 _SMALL_LM += ['--max_new_tokens=4', '--repeats=1']
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HF_PYTHON.exists(), reason='no .venv-hf (bash benchmarks/make_hf_venv.sh)')
 def test_build_lm_benchmark_against_torch(tmp_path):
   for _, command in documented_commands():
@@ -257,6 +267,7 @@ def test_build_lm_benchmark_against_torch(tmp_path):
       assert 'ratio llome_jax / torch' in _run(command, tmp_path, extra=_SMALL_LM).stdout
 
 
+@pytest.mark.slow
 def test_build_lm_benchmark_alone(tmp_path):
   command = _documented(r'lm_speed\.py --skip_hf ')
   extra = ['--repeats=1', '--seq_len=16', '--num_prompts=4', '--prompt_len=8', '--max_new_tokens=4']
@@ -264,6 +275,7 @@ def test_build_lm_benchmark_alone(tmp_path):
   assert 'pythia-14m' in result.stdout and 'sampling (4 prompts x 4 new tokens' in result.stdout
 
 
+@pytest.mark.slow
 def test_a_killed_ga_run_resumes_to_the_same_result(tmp_path):
   """SIGKILL in the middle of a GA run on one device, then the same command again: the rerun resumes
   from the last checkpoint and writes the same metrics and seed data as an uninterrupted run."""
@@ -308,6 +320,7 @@ def bad_input_rows() -> list[tuple[str, str, str]]:
   return rows
 
 
+@pytest.mark.slow
 def test_readme_bad_input_table(tmp_path):
   """Each row's command, on one device, exits non-zero with the row's message (each piece between
   "..." found in stderr) before writing anything. The rows run side by side: each fails in seconds."""

@@ -134,6 +134,7 @@ def test_sft_round_pays_the_oracle_only_for_new_labelled_sequences(problem):
   assert int(state.round) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('objective', ['marge', 'dpo'])
 def test_preference_rounds_train_against_the_entering_policy(problem, objective):
   state, (metrics, _, _) = problem['run'](_copy(problem['state']), 1, objective, 1)
@@ -144,6 +145,7 @@ def test_preference_rounds_train_against_the_entering_policy(problem, objective)
   assert not np.allclose(np.asarray(state.params['embed_out']['kernel']), np.asarray(before))
 
 
+@pytest.mark.slow
 def test_two_rounds_in_one_chunk_equal_two_chunks(problem):
   """Chunk boundaries (where checkpoints go) do not change the run: resume relies on it."""
   run = problem['run']

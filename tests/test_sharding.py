@@ -182,7 +182,7 @@ def test_sampling_batches_of_any_size_decode_alike_on_1_and_8_devices(num_rows):
   chex.assert_trees_all_close(outs[0].logps_BxG, outs[1].logps_BxG, atol=1e-5)
 
 
-@pytest.mark.parametrize('num_rows', [4096, 1000, 999])
+@pytest.mark.parametrize('num_rows', [pytest.param(4096, marks=pytest.mark.slow), 1000, 999])
 def test_training_batches_of_any_size_on_1_and_8_devices(num_rows):
   """One epoch of SFT in two batches (the second padded with unreal rows), data-parallel on 8 devices:
   the same steps and, to float32 rounding (the batch mean becomes a cross-device sum), the same model."""
