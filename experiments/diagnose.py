@@ -4,7 +4,8 @@ the edits that would improve them, round by round.
   python -m experiments.diagnose --workdir=runs/f2_marge
 
 For each round r (round 0: the seed data) and its best labelled sequences so far (the plateau: every
-distinct labelled sequence at the best value; the first `--max_sequences` analysed):
+distinct labelled sequence at the best value; `--max_sequences` of them analysed, evenly spaced in the
+order they were first labelled):
 - landscape: how many of the substitutions at one and at two sites improve f (exhaustive, evaluated
   with the run's Ehrlich instance) and at which positions;
 - policy (rounds with a checkpoint; run with `--config.keep_checkpoints` >= the number of rounds to
@@ -167,7 +168,9 @@ def diagnose(
   rows = []
   for r in rounds:
     best, centres_all = plateau(labelled, r)
-    centres = centres_all[:max_sequences]
+    # Evenly spaced in the order first labelled: the oldest and the newest plateau sequences both.
+    picks = np.unique(np.linspace(0, len(centres_all) - 1, min(max_sequences, len(centres_all))).round())
+    centres = centres_all[picks.astype(int)]
     row = {'round': r, 'best_value': best, 'num_plateau': len(centres_all), 'analysed': len(centres)}
     land, neighbourhoods = landscape_row(setup.ehrlich_params, centres)
     row |= land
