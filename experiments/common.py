@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from llome_jax import checkpoint, configs, ga, metrics_io
@@ -25,7 +26,17 @@ _DEFAULT_ARCHIVE_LIMIT = 100_000
 CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.')
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the outputs.')
 DISTRIBUTED = flags.DEFINE_bool(
-  'distributed', False, 'Multi-host: call jax.distributed.initialize() first (run on every host).'
+  'distributed',
+  False,
+  'Multi-host: call jax.distributed.initialize() first, the coordinator, process count and id found in '
+  'the environment (TPU pods, SLURM). Run the same command on every host.',
+)
+COORDINATOR = flags.DEFINE_string(
+  'coordinator_address', None, 'Multi-host without a cluster manager: HOST:PORT of process 0 (every process).'
+)
+NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: how many processes take part.')
+PROCESS_ID = flags.DEFINE_integer(
+  'process_id', None, "Multi-host: this process's id, 0 .. num_processes - 1."
 )
 OVERWRITE = flags.DEFINE_bool(
   'overwrite',
@@ -158,9 +169,22 @@ def prepare_workdir(
   workdir = pathlib.Path(workdir)
   config_path = workdir / 'config.json'
   wanted = json.loads(json.dumps(config.to_dict()))  # Tuples as lists, as they read back.
-  if overwrite:
-    _delete(workdir, outputs)
-  elif config_path.exists():
+  if not overwrite:
+    _check_workdir(workdir, config_path, wanted, outputs, may_change, check_progress)
+  # Every process has checked the workdir as it was before process 0 changes it below: a refusal
+  # stops them all, and none waits at a barrier for one that stopped.
+  sync('prepare_workdir: checked')
+  if is_writer():
+    if overwrite:
+      _delete(workdir, outputs)
+    workdir.mkdir(parents=True, exist_ok=True)
+    metrics_io.write_json(config_path, wanted)
+  sync('prepare_workdir: written')
+  return workdir
+
+
+def _check_workdir(workdir, config_path, wanted, outputs, may_change, check_progress) -> None:
+  if config_path.exists():
     try:
       held = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
@@ -184,9 +208,6 @@ def prepare_workdir(
       f'{workdir} holds outputs ({[n for n in outputs if (workdir / n).exists()]}) but no config.json, '
       'so whose run they are is unknown; choose another workdir or pass --overwrite to delete them.'
     )
-  workdir.mkdir(parents=True, exist_ok=True)
-  metrics_io.write_json(config_path, wanted)
-  return workdir
 
 
 def restore_checkpoint(checkpoints: pathlib.Path, target: Callable[[dict], Any]):
@@ -220,15 +241,38 @@ def refuse_shrinking(done: int, allowed: int, unit: str, budget: str) -> None:
     )
 
 
-def process_workdir(workdir: str, distributed: bool) -> str:
-  """With `distributed`, initialises multi-host JAX (coordinator and process ids from the environment:
-  TPU pods, SLURM); every host runs the same program and process i > 0 writes under WORKDIR/process_i."""
-  if not distributed:
-    return workdir
-  jax.distributed.initialize()
-  if jax.process_index() > 0:
-    return str(pathlib.Path(workdir) / f'process_{jax.process_index()}')
-  return workdir
+def initialize_distributed() -> None:
+  """Starts multi-host JAX when asked: with --coordinator_address, --num_processes and --process_id
+  (all three), or with --distributed alone (found in the environment on TPU pods and under SLURM).
+
+  Every process then runs the whole program on one global mesh and uses the same --workdir, which must
+  be a filesystem all hosts share: process 0 writes the outputs, every process its part of each
+  checkpoint. On CPU hosts, collectives need JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo.
+  """
+  explicit = {
+    'coordinator_address': COORDINATOR.value,
+    'num_processes': NUM_PROCESSES.value,
+    'process_id': PROCESS_ID.value,
+  }
+  given = [name for name, value in explicit.items() if value is not None]
+  if given and len(given) < len(explicit):
+    missing = [f'--{name}' for name in explicit if name not in given]
+    raise app.UsageError(f'--{given[0]} needs {missing} too: give all three, or --distributed alone.')
+  if given:
+    jax.distributed.initialize(**explicit)
+  elif DISTRIBUTED.value:
+    jax.distributed.initialize()
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's outputs (process 0; every process writes checkpoints)."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (nothing in one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def _config_file(argv: list[str]) -> ml_collections.ConfigDict | None:

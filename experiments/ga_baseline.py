@@ -82,12 +82,14 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
   restored = common.restore_checkpoint(checkpoints, restore_target)
   if restored is not None:
     archive_now = archive.resized(restored.archive, cfg.archive_capacity)
-    state = jax.device_put(restored.replace(archive=archive_now), state_shardings)
+    state = sharding.put(restored.replace(archive=archive_now), state_shardings)
     rows = metrics_io.read_rows(metrics_path, 'step', int(state.step))
     logging.info('Resuming %s after generation %d.', workdir, int(state.step))
   else:
-    state, rows = jax.device_put(state, state_shardings), []
-  metrics_io.rewrite_jsonl(metrics_path, rows)
+    state, rows = sharding.put(state, state_shardings), []
+  writer = common.is_writer()  # Process 0 writes the outputs; every process its part of checkpoints.
+  if writer:
+    metrics_io.rewrite_jsonl(metrics_path, rows)
   key = jax.random.key(config.seed)
 
   @functools.partial(
@@ -123,7 +125,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
       for i in range(length)
       if metrics['active'][i]
     ]
-    metrics_io.append_jsonl(metrics_path, chunk_rows)
+    if writer:
+      metrics_io.append_jsonl(metrics_path, chunk_rows)
     rows.extend(chunk_rows)
     done += length
     solved = not metrics['active'][-1]
@@ -155,13 +158,15 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
   }
   if cfg.archive_capacity:
     sequences, values = archive.contents(state.archive)
-    np.savez(workdir / 'seed_data.npz', sequences=sequences, values=values)
+    if writer:
+      np.savez(workdir / 'seed_data.npz', sequences=sequences, values=values)
     summary['archive_size'] = len(values)
     summary['archive_dropped'] = int(state.archive.num_dropped)
-  metrics_io.write_json(workdir / 'best.json', summary)
-  metrics_io.plot_regret(
-    rows, workdir / 'regret.png', title=f'GA, {config.test_function.name or "sampled"} Ehrlich'
-  )
+  if writer:
+    metrics_io.write_json(workdir / 'best.json', summary)
+    metrics_io.plot_regret(
+      rows, workdir / 'regret.png', title=f'GA, {config.test_function.name or "sampled"} Ehrlich'
+    )
   logging.info(
     'Best value %.4f after %d evaluations; outputs in %s',
     summary['best_value'],
@@ -174,8 +179,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  workdir = common.process_workdir(common.WORKDIR.value, common.DISTRIBUTED.value)
-  run_experiment(common.CONFIG.value, workdir, overwrite=common.OVERWRITE.value)
+  common.initialize_distributed()
+  run_experiment(common.CONFIG.value, common.WORKDIR.value, overwrite=common.OVERWRITE.value)
 
 
 if __name__ == '__main__':

@@ -149,7 +149,7 @@ def _seed_data(setup: Setup, config, mesh) -> tuple[np.ndarray, np.ndarray, int]
   """Runs the seed GA; returns its unique sequences, their values and its oracle calls."""
   objective = sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, setup.ehrlich_params))
   state = ga.init(setup.initial_solution, cfg=setup.ga_cfg)
-  state = jax.device_put(state, sharding.ga_state_shardings(mesh, state))
+  state = sharding.put(state, sharding.ga_state_shardings(mesh, state))
   run = jax.jit(
     lambda key, state: ga.run(key, state, objective=objective, cfg=setup.ga_cfg, num_steps=setup.ga_steps)[0]
   )
@@ -213,7 +213,7 @@ def _rows(metrics: dict, num_rounds: int) -> list[dict]:
   return rows
 
 
-def _write_outputs(workdir: pathlib.Path, state, rows: list[dict], title: str) -> dict:
+def _write_outputs(workdir: pathlib.Path, state, rows: list[dict], title: str, *, write: bool) -> dict:
   summary = {
     'best_solution': np.asarray(state.best_solution_L).astype(int).tolist(),
     'best_value': float(state.best_value),
@@ -221,10 +221,11 @@ def _write_outputs(workdir: pathlib.Path, state, rows: list[dict], title: str) -
     'num_evaluations': int(state.num_evaluations),
     'num_rounds': int(state.round),
   }
-  metrics_io.write_json(workdir / 'best.json', summary)
-  metrics_io.plot_regret(
-    rows, workdir / 'regret.png', title=title, last_key='simple_regret_round', last_label='this round'
-  )
+  if write:
+    metrics_io.write_json(workdir / 'best.json', summary)
+    metrics_io.plot_regret(
+      rows, workdir / 'regret.png', title=title, last_key='simple_regret_round', last_label='this round'
+    )
   return summary
 
 
@@ -284,14 +285,17 @@ def run_experiment(
   restored = common.restore_checkpoint(checkpoints, restore_target)
   if restored is not None:
     history = archive_lib.resized(restored.history, state.history.capacity)
-    state = jax.device_put(restored.replace(history=history), state_sh)
+    state = sharding.put(restored.replace(history=history), state_sh)
     rows = metrics_io.read_rows(metrics_path, 'round', int(state.round) + 1)
     logging.info('Resuming %s after round %d.', workdir, int(state.round))
   else:
-    state = jax.device_put(state, state_sh)
+    state = sharding.put(state, state_sh)
     rows = [metrics_io.plain_row(jax.device_get(outer_loop.seed_metrics(state)))]
-    np.savez(workdir / 'seed_data.npz', sequences=seeds[0], values=seeds[1])
-  metrics_io.rewrite_jsonl(metrics_path, rows)
+  writer = common.is_writer()  # Process 0 writes the outputs; every process its part of checkpoints.
+  if writer:
+    if restored is None:
+      np.savez(workdir / 'seed_data.npz', sequences=seeds[0], values=seeds[1])
+    metrics_io.rewrite_jsonl(metrics_path, rows)
 
   # ---------------------------------------------------------------- Rounds.
   run = outer_loop.jit_run_rounds(
@@ -325,16 +329,18 @@ def run_experiment(
     train.check_finite(
       {'nonfinite': metrics['train_nonfinite_steps']}, f'rounds {first}..{first + length - 1}'
     )
-    _save_labelled(workdir, first, selection, values)
     new_rows = _rows(metrics, length)
-    metrics_io.append_jsonl(metrics_path, new_rows)
+    if writer:
+      _save_labelled(workdir, first, selection, values)
+      metrics_io.append_jsonl(metrics_path, new_rows)
     rows.extend(new_rows)
     metadata = {'round': int(state.round), 'history_capacity': state.history.capacity}
     checkpoint.save(checkpoints, int(state.round), state, metadata=metadata, keep=config.keep_checkpoints)
     seconds = time.perf_counter() - start
-    metrics_io.append_jsonl(
-      workdir / 'timings.jsonl', [{'first_round': first, 'rounds': length, 'seconds': seconds}]
-    )
+    if writer:
+      metrics_io.append_jsonl(
+        workdir / 'timings.jsonl', [{'first_round': first, 'rounds': length, 'seconds': seconds}]
+      )
     last = new_rows[-1]
     logging.info(
       'round %d/%d (%s)  evaluations %d  regret best %.4f  round %.4f  edit %.3f  valid %.2f  (%.1f s)',
@@ -352,7 +358,7 @@ def run_experiment(
   # ---------------------------------------------------------------- Outputs.
   name = {'sft': 'SFT', 'marge': 'MargE', 'dpo': 'DPO'}[setup.loop_cfg.schedule]
   title = f'LLOME-{name}, {config.test_function.name or "sampled"} Ehrlich'
-  summary = _write_outputs(workdir, state, rows, title)
+  summary = _write_outputs(workdir, state, rows, title, write=writer)
   logging.info(
     'Best value %.4f after %d evaluations; outputs in %s',
     summary['best_value'],
@@ -365,9 +371,12 @@ def run_experiment(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  workdir = common.process_workdir(common.WORKDIR.value, common.DISTRIBUTED.value)
+  common.initialize_distributed()
   run_experiment(
-    common.CONFIG.value, workdir, overwrite=common.OVERWRITE.value, stop_after_round=_STOP_AFTER.value
+    common.CONFIG.value,
+    common.WORKDIR.value,
+    overwrite=common.OVERWRITE.value,
+    stop_after_round=_STOP_AFTER.value,
   )
 
 

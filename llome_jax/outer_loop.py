@@ -216,7 +216,14 @@ def _train(key, params, dataset, *, graphdef, cfg: LoopConfig, objective: str, e
   }
 
 
-def _generation_metrics(key, gens: inner_loop.Generations, *, ehrlich_params, shift) -> dict[str, Array]:
+def _evaluator(ehrlich_params, mesh: Mesh | None):
+  """f of a batch of rows, each row evaluated once: on a mesh, each device (and process) evaluates its
+  own share of the rows, so an oracle call is made once per sequence however many devices run."""
+  evaluate = functools.partial(ehrlich.evaluate, ehrlich_params)
+  return evaluate if mesh is None else sharding.per_shard(mesh, evaluate)
+
+
+def _generation_metrics(key, gens: inner_loop.Generations, *, evaluate, shift) -> dict[str, Array]:
   """Validity, edits and diversity of the pool. f of unlabelled generations is a diagnostic only."""
   length = gens.outputs_IxRxL.shape[-1]
   inputs_NxL, outputs_NxL = gens.inputs_IxRxL.reshape(-1, length), gens.outputs_IxRxL.reshape(-1, length)
@@ -225,8 +232,8 @@ def _generation_metrics(key, gens: inner_loop.Generations, *, ehrlich_params, sh
   edits = round_metrics.edit_stats(
     inputs_NxL,
     outputs_NxL,
-    ehrlich.evaluate(ehrlich_params, inputs_NxL),
-    ehrlich.evaluate(ehrlich_params, outputs_NxL),
+    evaluate(inputs_NxL),
+    evaluate(outputs_NxL),
     valid_N,
   )
   diversity = round_metrics.diversity(outputs_NxL, valid_N, key)
@@ -304,7 +311,8 @@ def round_step(
   gens = inner_loop.run(
     inner_key, graphdef, params, seeds_SxL, seed_where_S, shift, codec=codec, cfg=cfg.inner, mesh=rows_mesh
   )
-  metrics |= _generation_metrics(diversity_key, gens, ehrlich_params=ehrlich_params, shift=shift)
+  evaluate = _evaluator(ehrlich_params, mesh)
+  metrics |= _generation_metrics(diversity_key, gens, evaluate=evaluate, shift=shift)
 
   # ------------------------------------------------------------------ Label n generations.
   length = seeds_SxL.shape[-1]
@@ -316,7 +324,7 @@ def round_step(
     state.history,
     cfg=cfg.select,
   )
-  values_N = jnp.where(selection.where_N, ehrlich.evaluate(ehrlich_params, selection.seqs_NxL), -jnp.inf)
+  values_N = jnp.where(selection.where_N, evaluate(selection.seqs_NxL), -jnp.inf)
   num_labelled = jnp.sum(selection.where_N, dtype=jnp.int32)
   regret_round, regret_best = round_metrics.regrets(
     values_N, selection.where_N, 1.0 - jnp.maximum(state.best_value, 0.0)

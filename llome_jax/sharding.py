@@ -5,6 +5,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -46,6 +47,33 @@ def rows(mesh: Mesh, num_rows: int) -> NamedSharding:
   evenly, else replicated: arrays crossing a jit boundary must split evenly, so a population of 999 on 8
   devices stays whole, and `per_shard` still splits the work on it."""
   return leading_axis(mesh) if num_rows % mesh.shape[DATA_AXIS] == 0 else replicated(mesh)
+
+
+def put(tree, shardings):
+  """Places a pytree of host values or arrays on `shardings` (a pytree of them, or one for all), in one
+  process or across many.
+
+  With several processes (multi-host), `jax.device_put` refuses to move an array already committed to
+  a local device (the output of a jitted call) onto a mesh spanning other processes. Every process
+  holds the same host value here (the binaries compute their host state deterministically), so each
+  leaf goes through the host and each process takes its own shards of it; typed PRNG keys go as their
+  key data, and arrays that are already global (a restored checkpoint) are resharded by a jitted
+  identity. In one process this is `jax.device_put`.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+
+  def one(x, target):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # Already global (a restored state).
+      return jax.jit(lambda a: a, out_shardings=target)(x)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = jax.device_put(np.asarray(jax.random.key_data(x)), target)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), target)
+
+  return jax.tree.map(one, tree, shardings)
 
 
 def per_shard(mesh: Mesh, batch_fn):

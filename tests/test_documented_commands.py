@@ -11,49 +11,19 @@ the binaries run on one device: `-m 'not slow'` (CI's run on the newest Python) 
 import os
 import pathlib
 import re
-import shlex
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
+import processes
 import pytest
 
 from llome_jax import metrics_io
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-DOCS = ('README.md', 'BUILD.md')
 HOLO_PYTHON = REPO / '.venv-holo' / 'bin' / 'python'
 HF_PYTHON = REPO / '.venv-hf' / 'bin' / 'python'
-
-
-def _bash_blocks(text: str) -> list[str]:
-  return re.findall(r'^```bash\n(.*?)^```', text, flags=re.MULTILINE | re.DOTALL)
-
-
-def _split_chain(line: str) -> list[str]:
-  """`a && b` as [a, b]; an `&&` inside quotes (a command run over ssh) stays."""
-  parts, quote, start = [], None, 0
-  for i, char in enumerate(line):
-    if char in '"\'' and quote in (None, char):
-      quote = None if quote else char
-    elif quote is None and line.startswith(' && ', i):
-      parts.append(line[start:i])
-      start = i + 4
-  return [part.strip() for part in parts + [line[start:]] if part.strip()]
-
-
-def documented_commands() -> list[tuple[str, str]]:
-  """(file, command) for each command of the docs' bash blocks: continuation lines joined, comments
-  dropped, `a && b` chains split into their commands."""
-  commands = []
-  for name in DOCS:
-    for block in _bash_blocks((REPO / name).read_text()):
-      for line in block.replace('\\\n', ' ').splitlines():
-        line = re.sub(r'\s+#.*$', '', line).strip()
-        commands += [(name, ' '.join(part.split())) for part in _split_chain(line)]
-  return commands
 
 
 # Commands not run by these tests, by pattern, with the reason.
@@ -66,6 +36,7 @@ NOT_RUN_HERE = {
   r'^\.venv/bin/ruff (check|format --check) \.$': 'part of the README test command that CI runs',
   r'^\.venv/bin/python -m pytest ': 'the test suite itself (CI runs the README test command)',
   r'^gcloud compute tpus tpu-vm ssh ': 'needs a TPU pod slice',
+  r'^srun ': 'needs a SLURM cluster',
   r'^bash benchmarks/make_(holo|hf)_venv\.sh$': (
     'installs torch and the reference (pytorch-holo, transformers) in their own venv: minutes of '
     'downloads. The benchmark commands below run against it when it is present.'
@@ -91,6 +62,9 @@ RUN_BY = {
   r'^\.venv/bin/python benchmarks/(ehrlich_speed|ga_speed)\.py$': 'test_build_holo_benchmarks',
   r'^(GLIBC_TUNABLES=\S+ )?\.venv/bin/python benchmarks/lm_speed\.py$': 'test_build_lm_benchmark_against_torch',
   r'^\.venv/bin/python benchmarks/lm_speed\.py --skip_hf ': 'test_build_lm_benchmark_alone',
+  r'^JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo .* --coordinator_address=localhost:': (
+    'test_multiprocess.py::test_ga_on_two_processes_equals_one_process_and_resumes_across_them'
+  ),
 }
 
 
@@ -99,58 +73,28 @@ def _entry(command: str) -> list[str]:
 
 
 def test_every_documented_command_is_accounted_for():
-  commands = documented_commands()
+  commands = processes.documented_commands()
   assert len(commands) > 20
   for source, command in commands:
     matches = _entry(command)
     assert len(matches) == 1, f'{source}: {command!r} matches {matches}: add it to this test module.'
   for pattern in (*NOT_RUN_HERE, *RUN_BY):  # No stale entries.
     assert any(re.search(pattern, c) for _, c in commands), f'nothing in the docs matches {pattern!r}'
-  for test_name in set(RUN_BY.values()):
-    assert test_name in globals(), test_name
-
-
-def _one_device_env(**extra) -> dict[str, str]:
-  """The caller's environment without the suite's 8 fake devices: what a user's shell holds. The
-  suite's compiler level (-O0, conftest.py) is kept, since only speed depends on it."""
-  env = dict(os.environ)
-  flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env.get('XLA_FLAGS', '')).split()
-  env['XLA_FLAGS'] = ' '.join(flags)
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = str(REPO)
-  env.update(extra)
-  return env
+  for test in set(RUN_BY.values()):  # A test of this module, or FILE::TEST of another.
+    module, _, name = test.rpartition('::')
+    assert (
+      f'def {name}(' in (pathlib.Path(__file__).parent / (module or pathlib.Path(__file__).name)).read_text()
+    ), test
 
 
 def _documented(pattern: str) -> str:
-  found = [c for _, c in documented_commands() if re.search(pattern, c)]
+  found = [c for _, c in processes.documented_commands() if re.search(pattern, c)]
   assert found, pattern
   return found[0]
 
 
-def _argv(command: str, tmp_path: pathlib.Path, extra=()) -> tuple[list[str], dict[str, str]]:
-  """A documented command as argv and environment: .venv/bin/python is this interpreter, the docs'
-  placeholder directories live under tmp_path, leading VAR=value words go to the environment."""
-  words = shlex.split(command)
-  env = {}
-  while re.match(r'^[A-Z_]+=', words[0]):
-    key, value = words.pop(0).split('=', 1)
-    env[key] = value
-  replaced = []
-  for word in words:
-    word = word.replace('.venv/bin/python', sys.executable)
-    word = re.sub(r'(^|=|,)runs/', lambda m: f'{m.group(1)}{tmp_path}/runs/', word)
-    word = re.sub(r'=(DIR|/tmp/ga_8dev)$', lambda m: f'={tmp_path / pathlib.Path(m.group(1)).name}', word)
-    replaced.append(word)
-  run_env = _one_device_env()
-  if 'XLA_FLAGS' in env:  # The command's own flags, plus the suite's compiler level.
-    env['XLA_FLAGS'] += ' ' + run_env['XLA_FLAGS']
-  run_env.update(env)
-  return replaced + list(extra), run_env
-
-
 def _run(command: str, tmp_path: pathlib.Path, extra=(), timeout=600) -> subprocess.CompletedProcess:
-  argv, env = _argv(command, tmp_path, extra)
+  argv, env = processes.command_argv(command, tmp_path, extra)
   result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, f'{argv}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}'
   return result
@@ -226,7 +170,7 @@ def test_build_eight_fake_devices(tmp_path):
 
 @pytest.mark.slow
 def test_build_device_listing(tmp_path):
-  for _, command in documented_commands():
+  for _, command in processes.documented_commands():
     if command.startswith('.venv/bin/python -c "import jax; '):
       result = _run(command, tmp_path)
       assert 'CpuDevice' in result.stdout or result.stdout.strip() == '1'
@@ -262,7 +206,7 @@ _SMALL_LM += ['--max_new_tokens=4', '--repeats=1']
 @pytest.mark.slow
 @pytest.mark.skipif(not HF_PYTHON.exists(), reason='no .venv-hf (bash benchmarks/make_hf_venv.sh)')
 def test_build_lm_benchmark_against_torch(tmp_path):
-  for _, command in documented_commands():
+  for _, command in processes.documented_commands():
     if re.search(r'^(GLIBC_TUNABLES=\S+ )?\.venv/bin/python benchmarks/lm_speed\.py$', command):
       assert 'ratio llome_jax / torch' in _run(command, tmp_path, extra=_SMALL_LM).stdout
 
@@ -281,7 +225,7 @@ def test_a_killed_ga_run_resumes_to_the_same_result(tmp_path):
   from the last checkpoint and writes the same metrics and seed data as an uninterrupted run."""
   command = _documented(r'--workdir=DIR')
   extra = ['--config.ga.num_steps=40', '--config.checkpoint_every=10']
-  argv, env = _argv(command, tmp_path / 'killed', extra)
+  argv, env = processes.command_argv(command, tmp_path / 'killed', extra)
   process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   checkpoints = tmp_path / 'killed' / 'DIR' / 'checkpoints'
   deadline = time.monotonic() + 300
@@ -329,7 +273,7 @@ def test_readme_bad_input_table(tmp_path):
   assert count and int(count.group(1)) == len(rows)
   processes = []
   for i, (_, command, _) in enumerate(rows):
-    argv, env = _argv(command, tmp_path / str(i))
+    argv, env = processes.command_argv(command, tmp_path / str(i))
     processes.append(
       subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     )
