@@ -1,6 +1,7 @@
 """What the experiment binaries share: flags, the test function and GA settings from a config, and the
 workdir protocol (a rerun resumes, another config is refused, --overwrite clears)."""
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -139,6 +140,16 @@ def config_differences(held, wanted, prefix: str = '') -> dict[str, tuple]:
   return changes
 
 
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """A run's budget in checkpoint steps (`allowed` generations or rounds), and the config keys that set
+  it, for the message when a rerun asks for less than was run."""
+
+  allowed: int
+  unit: str
+  keys: str
+
+
 def _delete(workdir: pathlib.Path, outputs: tuple[str, ...]) -> None:
   for name in outputs:
     path = workdir / name
@@ -155,13 +166,13 @@ def prepare_workdir(
   overwrite: bool,
   outputs: tuple[str, ...],
   may_change: tuple[str, ...] = (),
-  check_progress: Callable[[], None] | None = None,
+  budget: Budget | None = None,
 ) -> pathlib.Path:
   """The workdir protocol, shared by the binaries.
 
   Without `overwrite`, a workdir holding this config is resumed, and so is one whose config differs in
-  `may_change` keys only (a budget that grows, logging and housekeeping); `check_progress` is then
-  called before anything is written, to refuse a budget below what the workdir already ran. A workdir
+  `may_change` keys only (a budget that grows, logging and housekeeping), unless `budget` is below what
+  its last checkpoint (WORKDIR/checkpoints) already ran. A workdir
   holding another config, an unreadable config.json, or outputs without a config.json is refused with
   the reason, and nothing in it is written or deleted. With `overwrite`, the workdir's `outputs` are
   deleted and the run starts afresh. Records this config as config.json.
@@ -170,7 +181,7 @@ def prepare_workdir(
   config_path = workdir / 'config.json'
   wanted = json.loads(json.dumps(config.to_dict()))  # Tuples as lists, as they read back.
   if not overwrite:
-    _check_workdir(workdir, config_path, wanted, outputs, may_change, check_progress)
+    _check_workdir(workdir, config_path, wanted, outputs, may_change, budget)
   # Every process has checked the workdir as it was before process 0 changes it below: a refusal
   # stops them all, and none waits at a barrier for one that stopped.
   sync('prepare_workdir: checked')
@@ -183,7 +194,7 @@ def prepare_workdir(
   return workdir
 
 
-def _check_workdir(workdir, config_path, wanted, outputs, may_change, check_progress) -> None:
+def _check_workdir(workdir, config_path, wanted, outputs, may_change, budget: Budget | None) -> None:
   if config_path.exists():
     try:
       held = json.loads(config_path.read_text())
@@ -201,8 +212,14 @@ def _check_workdir(workdir, config_path, wanted, outputs, may_change, check_prog
         f'{list(may_change)} may change when a run is resumed. Choose another workdir or pass --overwrite '
         'to delete its outputs.'
       )
-    if check_progress is not None:
-      check_progress()
+    done = checkpoint.latest_step(workdir / 'checkpoints') or 0
+    if budget is not None and budget.allowed < done:
+      raise ValueError(
+        f'this workdir already ran {done} {budget.unit}, and the budget given ({budget.keys}) allows '
+        f'{budget.allowed}: a budget can grow when a run is resumed, not shrink below what was run. '
+        'Nothing was changed; rerun with a budget of at least what was run, or pass --overwrite to start '
+        'afresh.'
+      )
   elif any((workdir / name).exists() for name in outputs):
     raise FileExistsError(
       f'{workdir} holds outputs ({[n for n in outputs if (workdir / n).exists()]}) but no config.json, '
@@ -229,16 +246,6 @@ def restore_checkpoint(checkpoints: pathlib.Path, target: Callable[[dict], Any])
     raise ValueError(
       f'cannot resume from {checkpoints}: {error} Pass --overwrite to delete the outputs and start afresh.'
     ) from error
-
-
-def refuse_shrinking(done: int, allowed: int, unit: str, budget: str) -> None:
-  """Raises if a resumed run's new budget (`allowed` units) is below what it already ran (`done`)."""
-  if allowed < done:
-    raise ValueError(
-      f'this workdir already ran {done} {unit}, and the budget given ({budget}) allows {allowed}: a '
-      'budget can grow when a run is resumed, not shrink below what was run. Nothing was changed; rerun '
-      'with a budget of at least what was run, or pass --overwrite to start afresh.'
-    )
 
 
 def initialize_distributed() -> None:

@@ -12,7 +12,6 @@ workdir holding another config is refused unless --overwrite is given.
 
 import dataclasses
 import functools
-import pathlib
 import time
 
 import jax
@@ -54,20 +53,15 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
     if config[key] < 1:
       raise ValueError(f'config.{key} must be >= 1, got {config[key]}.')
   mesh = sharding.make_mesh(config.num_devices)
-  checkpoints = pathlib.Path(workdir) / 'checkpoints'
-
-  def check_progress():
-    budget = f'ga.num_steps={config.ga.num_steps}, ga.max_evaluations={config.ga.max_evaluations}'
-    common.refuse_shrinking(checkpoint.latest_step(checkpoints) or 0, num_steps, 'generations', budget)
-
-  workdir = common.prepare_workdir(
-    workdir,
-    config,
-    overwrite=overwrite,
-    outputs=_OUTPUTS,
-    may_change=_MAY_CHANGE,
-    check_progress=check_progress,
+  budget = common.Budget(
+    num_steps,
+    'generations',
+    f'ga.num_steps={config.ga.num_steps}, ga.max_evaluations={config.ga.max_evaluations}',
   )
+  workdir = common.prepare_workdir(
+    workdir, config, overwrite=overwrite, outputs=_OUTPUTS, may_change=_MAY_CHANGE, budget=budget
+  )
+  checkpoints = workdir / 'checkpoints'
   state = ga.init(initial_solution, cfg=cfg)
   state_shardings = sharding.ga_state_shardings(mesh, state)
   metrics_path = workdir / 'metrics.jsonl'

@@ -256,22 +256,11 @@ def run_experiment(
   # ---------------------------------------------------------------- Setup: every check before any work.
   setup = build_setup(config)
   mesh = sharding.make_mesh(config.num_devices)
-  checkpoints = pathlib.Path(workdir) / 'checkpoints'
-
-  def check_progress():
-    done = checkpoint.latest_step(checkpoints) or 0
-    common.refuse_shrinking(
-      done, config.outer.num_rounds, 'rounds', f'outer.num_rounds={config.outer.num_rounds}'
-    )
-
+  budget = common.Budget(config.outer.num_rounds, 'rounds', f'outer.num_rounds={config.outer.num_rounds}')
   workdir = common.prepare_workdir(
-    workdir,
-    config,
-    overwrite=overwrite,
-    outputs=_OUTPUTS,
-    may_change=_MAY_CHANGE,
-    check_progress=check_progress,
+    workdir, config, overwrite=overwrite, outputs=_OUTPUTS, may_change=_MAY_CHANGE, budget=budget
   )
+  checkpoints = workdir / 'checkpoints'
   graphdef, seeds, state, state_sh = initial_state(setup, config, mesh)
   metrics_path = workdir / 'metrics.jsonl'
 
