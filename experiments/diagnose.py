@@ -13,7 +13,10 @@ order they were first labelled):
   `--proposal_seeds` copies of each plateau sequence with the run's decoding settings (one iteration of
   the inner loop). Reported: its proposals' edit distance, feasibility and how often they improve; the
   mean token log-likelihood (the statistic label selection keeps the top 40% of) of every improving edit,
-  as a percentile among the proposals, and how many improving edits the selection quantile would keep.
+  as a percentile among the proposals, and how many improving edits the selection quantile would keep;
+  and, exactly, the chance that one proposal at each of the run's temperatures is an improving 1- or
+  2-site edit (summed proposal probabilities), against the rate at which a uniformly random 2-site
+  substitution improves.
 The Ehrlich values of proposals are computed here, for the diagnosis only; the run never saw them.
 
 Writes WORKDIR/diagnosis.jsonl (one object per round) and WORKDIR/diagnosis.md (the table, also printed).
@@ -112,6 +115,23 @@ def policy_row(
     stats['mean_hamming'].append(np.mean(outputs_RxL[valid_R] != x_L))
     threshold = np.quantile(logp_R, quantile)
     improving_NxL = np.concatenate([n.improving_NxL for n in neighbourhoods[i :: len(centres)]])
+    temperatures = [t + float(shift) for t in cfg.temperatures]
+    for t in temperatures:
+      mass = 0.0
+      if len(improving_NxL):
+        logps_N = landscape.proposal_logps(
+          graphdef,
+          params,
+          setup.codec,
+          np.tile(x_L, (len(improving_NxL), 1)),
+          improving_NxL,
+          t,
+          top_k=cfg.top_k,
+        )
+        mass = float(np.sum(np.exp(np.asarray(logps_N, np.float64))))
+      stats[f'improving_mass_{t:.2f}'].append(mass)
+    doubles = neighbourhoods[len(centres) + i]
+    stats['blind_double_rate'].append(len(doubles.improving_values_N) / doubles.num_edits)
     if len(improving_NxL):
       edit_logp_N = np.asarray(
         landscape.edit_mean_logps(
@@ -124,7 +144,16 @@ def policy_row(
         stats['kept_by_round_threshold'] += list(edit_logp_N >= round_threshold)
     stats['proposal_logp'] += list(logp_R)
   percentiles = np.asarray(stats['percentiles'])
+  masses = {
+    k.removeprefix('improving_mass_'): float(np.mean(v))
+    for k, v in stats.items()
+    if k.startswith('improving_mass_')
+  }
   return {
+    # The chance that one proposal (one decoding at that temperature) is an improving 1- or 2-site
+    # edit, exactly, against the chance that a uniformly random 2-site substitution improves.
+    'improving_proposal_chance': masses,
+    'blind_double_rate': float(np.mean(stats['blind_double_rate'])),
     'proposals': copies * cfg.rows_per_seed * len(centres),
     'temperature_shift': float(shift),
     **{k: float(np.mean(stats[k])) for k in ('frac_valid', 'frac_feasible', 'frac_improving', 'frac_copies')},
@@ -205,8 +234,9 @@ def markdown(rows: list[dict]) -> str:
   lines = [
     '| round | best f | plateau seqs | improving 1-site edits (per seq) | improving 2-site edits (per seq) '
     '| top 2-site positions | proposals: Hamming, feasible, improving | improving edits: likelihood '
-    'percentile (median, max) | improving edits kept by selection |',
-    '|---|---|---|---|---|---|---|---|---|',
+    'percentile (median, max) | improving edits kept by selection | chance a proposal is an improving '
+    'edit (best temperature) vs a random 2-site edit |',
+    '|---|---|---|---|---|---|---|---|---|---|',
   ]
   for row in rows:
     policy = row.get('policy')
@@ -220,12 +250,14 @@ def markdown(rows: list[dict]) -> str:
         kept = f'{policy["improving_kept"]} of {policy["improving_edits"]}'
       else:
         ranks, kept = '-', '-'
+      chance = max(policy['improving_proposal_chance'].values())
+      odds = f'{chance:.1e} vs {policy["blind_double_rate"]:.1e}'
     else:
-      proposals = ranks = kept = 'no checkpoint'
+      proposals = ranks = kept = odds = 'no checkpoint'
     lines.append(
       f'| {row["round"]} | {row["best_value"]:.4f} | {row["num_plateau"]} (analysed {row["analysed"]}) | '
       f'{_per_sequence(row["improving_singles"])} | {_per_sequence(row["improving_doubles"])} | {sites} | '
-      f'{proposals} | {ranks} | {kept} |'
+      f'{proposals} | {ranks} | {kept} | {odds} |'
     )
   return '\n'.join(lines) + '\n'
 

@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, Int
 
 from llome_jax import codec as codec_lib
 from llome_jax import model as model_lib
-from llome_jax import sharding, train
+from llome_jax import sampling, sharding, train
 from llome_jax.test_functions import ehrlich
 
 
@@ -89,6 +89,46 @@ def edit_mean_logps(
     def chunk(_, xy):
       summed_B, count_B = train.sequence_logps(graphdef, params, codec.encode_pairs(*xy))
       return summed_B / jnp.maximum(count_B, 1)
+
+    return sharding.chunked_map(chunk, (x_NxL, y_NxL), rows=rows)
+
+  return run(jnp.asarray(x_NxL, jnp.int32), jnp.asarray(y_NxL, jnp.int32))
+
+
+def proposal_logps(
+  graphdef: nnx.GraphDef,
+  params: model_lib.Params,
+  codec: codec_lib.CompactCodec,
+  x_NxL: Int[Array, 'N L'],
+  y_NxL: Int[Array, 'N L'],
+  temperature: float,
+  *,
+  top_k: int = 0,
+  rows: int = 1024,
+) -> Float[Array, ' N']:
+  """log P(the sampler proposes y from x) at `temperature` with constrained decoding: the summed
+  log-probabilities of y's tokens and the closing EOS under the distribution `sampling.sample` draws
+  from (allowed tokens, top-k, tempered). exp of it, summed over a set of edits, is the chance that one
+  proposal is one of them."""
+  allowed_GxV = codec.allowed_tokens_GxV(codec.max_target_len)
+  first = codec.prompt_len - 1  # Targets are tokens[1:]: y starts right after the prompt.
+
+  @jax.jit
+  def run(x_NxL, y_NxL):
+    def chunk(_, xy):
+      pairs = codec.encode_pairs(*xy)
+      logits_BxTxV, _ = model_lib.apply(graphdef, params, pairs.inputs_BxT, pairs.input_mask_BxT)
+      logits_BxGxV = logits_BxTxV[:, first : first + codec.max_target_len].astype(jnp.float32)
+      batch, num_new, vocab = logits_BxGxV.shape
+      _, tempered = sampling.filtered_logits(
+        logits_BxGxV.reshape(-1, vocab),
+        jnp.broadcast_to(allowed_GxV, logits_BxGxV.shape).reshape(-1, vocab),
+        jnp.full(batch * num_new, temperature, jnp.float32),
+        top_k=top_k,
+      )
+      logps_BxGxV = jax.nn.log_softmax(tempered.reshape(batch, num_new, vocab), axis=-1)
+      targets_BxG = pairs.targets_BxT[:, first : first + codec.max_target_len]
+      return jnp.sum(jnp.take_along_axis(logps_BxGxV, targets_BxG[..., None], axis=-1)[..., 0], axis=-1)
 
     return sharding.chunked_map(chunk, (x_NxL, y_NxL), rows=rows)
 

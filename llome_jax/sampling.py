@@ -97,16 +97,29 @@ def _kth_largest(x_BxV: Float[Array, 'B V'], k: int) -> Float[Array, 'B 1']:
   return jax.lax.bitcast_convert_type(bits_B, jnp.float32)[:, None].astype(x_BxV.dtype)
 
 
+def filtered_logits(
+  logits_BxV: Float[Array, 'B V'],
+  allowed_BxV: Bool[Array, 'B V'],
+  temperature_B: Float[Array, ' B'],
+  *,
+  top_k: int,
+) -> tuple[Float[Array, 'B V'], Float[Array, 'B V']]:
+  """The logits each row's next token is drawn from: disallowed tokens and those outside the top k set
+  to -inf (`masked`), then divided by the row's temperature (`tempered`; greedy rows, temperature <= 0,
+  are divided by 1 and take the argmax of `masked`)."""
+  masked_BxV = jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
+  if 0 < top_k < masked_BxV.shape[-1]:  # Keeping k >= V tokens keeps them all: skip the sort.
+    kth_B1 = _kth_largest(masked_BxV, top_k)
+    masked_BxV = jnp.where(masked_BxV >= kth_B1, masked_BxV, -jnp.inf)
+  # Dividing by 1 on greedy rows keeps them finite.
+  return masked_BxV, masked_BxV / jnp.where(temperature_B <= 0.0, 1.0, temperature_B)[:, None]
+
+
 def _choose(key, logits_BxV, temperature_B, allowed_BxV, cfg: SampleConfig):
   """Next token per row and its log-probability (see SampleConfig.logprobs)."""
   model_logps_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
-  masked_BxV = jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
-  if 0 < cfg.top_k < masked_BxV.shape[-1]:  # Keeping k >= V tokens keeps them all: skip the sort.
-    kth_B1 = _kth_largest(masked_BxV, cfg.top_k)
-    masked_BxV = jnp.where(masked_BxV >= kth_B1, masked_BxV, -jnp.inf)
+  masked_BxV, tempered_BxV = filtered_logits(logits_BxV, allowed_BxV, temperature_B, top_k=cfg.top_k)
   greedy_B = temperature_B <= 0.0
-  # Dividing by 1 on greedy rows keeps them finite; their sampled draw is discarded below.
-  tempered_BxV = masked_BxV / jnp.where(greedy_B, 1.0, temperature_B)[:, None]
   sampled_B = jax.random.categorical(key, tempered_BxV, axis=-1)
   token_B = jnp.where(greedy_B, jnp.argmax(masked_BxV, axis=-1), sampled_B).astype(jnp.int32)
   logp_B = jnp.take_along_axis(model_logps_BxV, token_B[:, None], axis=-1)[:, 0]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llome_jax import codec, inner_loop, landscape, model
+from llome_jax import codec, inner_loop, landscape, model, sampling
 from llome_jax.test_functions import ehrlich
 
 
@@ -70,3 +70,33 @@ def test_edit_likelihood_is_the_samplers_mean_logp():
   x, y = gens.inputs_IxRxL[0], gens.outputs_IxRxL[0]
   got = landscape.edit_mean_logps(graphdef, params, pair_codec, x, y, rows=4)
   np.testing.assert_allclose(np.asarray(got), np.asarray(gens.mean_logp_IxR[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize('temperature, top_k', [(1.3, 0), (0.7, 3)])
+def test_proposal_logp_is_the_samplers_tempered_logp(temperature, top_k):
+  """The chance the sampler proposes a given edit: with logprobs='tempered' the sampler reports each
+  drawn token's log-probability under the distribution it drew from; their sum over a generation must
+  equal the teacher-forced proposal log-probability, constraints, top-k and temperature included."""
+  pair_codec = codec.CompactCodec(num_states=6, length=8)
+  graphdef, params = model.init(model.preset('tiny', vocab_size=pair_codec.vocab_size), jax.random.key(0))
+  x = jax.random.randint(jax.random.key(1), (16, 8), 0, 6)
+  prompts = pair_codec.encode_prompts(x)
+  cfg = sampling.SampleConfig(
+    pair_codec.max_target_len, pair_codec.eos_id, pair_codec.pad_id, top_k=top_k, logprobs='tempered'
+  )
+  out = sampling.sample(
+    jax.random.key(2),
+    graphdef,
+    params,
+    prompts.tokens_BxT,
+    prompts.mask_BxT,
+    jnp.full(16, temperature),
+    cfg=cfg,
+    allowed_GxV=pair_codec.allowed_tokens_GxV(pair_codec.max_target_len),
+  )
+  y, _ = pair_codec.decode(out.tokens_BxG)
+  got = landscape.proposal_logps(graphdef, params, pair_codec, x, y, temperature, top_k=top_k, rows=5)
+  np.testing.assert_allclose(
+    np.asarray(got), np.asarray(jnp.sum(out.logps_BxG * out.mask_BxG, axis=1)), atol=1e-4
+  )
+  assert np.all(np.asarray(got) < 0)
