@@ -19,7 +19,8 @@ order they were first labelled):
   substitution improves.
 The Ehrlich values of proposals are computed here, for the diagnosis only; the run never saw them.
 
-Writes WORKDIR/diagnosis.jsonl (one object per round) and WORKDIR/diagnosis.md (the table, also printed).
+Writes WORKDIR/diagnosis.jsonl (one object per round) and WORKDIR/diagnosis.md (the table, also printed),
+or --output.jsonl and .md.
 """
 
 import collections
@@ -43,6 +44,14 @@ _PROPOSAL_SEEDS = flags.DEFINE_integer(
 )
 _ROUNDS = flags.DEFINE_list('rounds', None, 'Rounds to diagnose (default: every round of the run).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Randomness of the proposals.')
+_OUTPUT = flags.DEFINE_string(
+  'output', None, 'Path of the outputs without suffix (default WORKDIR/diagnosis: .jsonl and .md).'
+)
+_CHANCE_TEMPERATURES = flags.DEFINE_list(
+  'chance_temperatures',
+  None,
+  "Temperatures at which to compute the chance of an improving proposal (default: the run's own).",
+)
 
 
 def labelled_rounds(workdir: pathlib.Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -83,7 +92,17 @@ def landscape_row(params: ehrlich.EhrlichParams, centres: np.ndarray) -> dict:
 
 
 def policy_row(
-  key, graphdef, params, setup, centres, neighbourhoods, state, round_threshold, *, copies: int
+  key,
+  graphdef,
+  params,
+  setup,
+  centres,
+  neighbourhoods,
+  state,
+  round_threshold,
+  *,
+  copies: int,
+  chance_temperatures,
 ) -> dict:
   """Proposals of the policy from `copies` copies of each plateau sequence, and where the improving
   edits rank among them."""
@@ -115,7 +134,7 @@ def policy_row(
     stats['mean_hamming'].append(np.mean(outputs_RxL[valid_R] != x_L))
     threshold = np.quantile(logp_R, quantile)
     improving_NxL = np.concatenate([n.improving_NxL for n in neighbourhoods[i :: len(centres)]])
-    temperatures = [t + float(shift) for t in cfg.temperatures]
+    temperatures = chance_temperatures or [t + float(shift) for t in cfg.temperatures]
     for t in temperatures:
       mass = 0.0
       if len(improving_NxL):
@@ -175,6 +194,7 @@ def diagnose(
   rounds=None,
   max_sequences: int = 4,
   proposal_seeds: int = 16,
+  chance_temperatures: list[float] | None = None,
   seed: int = 0,
 ) -> list[dict]:
   """The diagnosis of every round (or of `rounds`) of an LLOME workdir; writes diagnosis.jsonl/.md."""
@@ -216,12 +236,14 @@ def diagnose(
         state,
         threshold,
         copies=proposal_seeds,
+        chance_temperatures=chance_temperatures,
       )
     logging.info('round %d: %s', r, row)
     rows.append(row)
-  metrics_io.rewrite_jsonl(workdir / 'diagnosis.jsonl', rows)
+  output = pathlib.Path(output) if output else workdir / 'diagnosis'
+  metrics_io.rewrite_jsonl(output.with_suffix('.jsonl'), rows)
   table = markdown(rows)
-  (workdir / 'diagnosis.md').write_text(table)
+  output.with_suffix('.md').write_text(table)
   print(table)
   return rows
 
@@ -270,6 +292,8 @@ def main(argv):
     rounds=_ROUNDS.value,
     max_sequences=_MAX_SEQUENCES.value,
     proposal_seeds=_PROPOSAL_SEEDS.value,
+    chance_temperatures=[float(t) for t in _CHANCE_TEMPERATURES.value or []] or None,
+    output=_OUTPUT.value,
     seed=_SEED.value,
   )
 
