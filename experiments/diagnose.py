@@ -196,6 +196,7 @@ def diagnose(
   proposal_seeds: int = 16,
   chance_temperatures: list[float] | None = None,
   seed: int = 0,
+  output: str | pathlib.Path | None = None,
 ) -> list[dict]:
   """The diagnosis of every round (or of `rounds`) of an LLOME workdir; writes diagnosis.jsonl/.md."""
   workdir = pathlib.Path(workdir)
