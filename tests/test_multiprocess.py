@@ -4,6 +4,11 @@ processes. The commands are BUILD.md's, with --coordinator_address, --num_proces
 """
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import processes
@@ -70,3 +75,39 @@ def test_llome_on_two_processes_resumed_equals_one_process_on_two_devices(tmp_pa
   assert rows[-1]['num_evaluations'] == rows[0]['num_evaluations'] + sum(r['num_labelled'] for r in rows[1:])
   assert got == want
   assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_a_killed_two_process_ga_resumes_to_the_same_result(tmp_path):
+  """Both processes SIGKILLed after the first checkpoint, then the same two commands again: the rerun
+  resumes from the checkpoint the two processes wrote and ends with the outputs of one process."""
+  killed = tmp_path / 'killed'
+  args = [*_GA, f'--workdir={killed}', '--config.ga.num_steps=40', '--config.checkpoint_every=10']
+  port = processes.free_port()
+  env = processes.one_device_env(JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+  flags = [f'--coordinator_address=localhost:{port}', '--num_processes=2']
+  started = [
+    subprocess.Popen(
+      [sys.executable, *args, *flags, f'--process_id={i}'],
+      cwd=processes.REPO,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+    )
+    for i in range(2)
+  ]
+  deadline = time.monotonic() + 300
+  checkpoints = killed / 'checkpoints'
+  while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    assert all(p.poll() is None for p in started) and time.monotonic() < deadline, (
+      'no checkpoint before the end'
+    )
+    time.sleep(0.05)
+  for p in started:
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+  assert len(metrics_io.read_jsonl(killed / 'metrics.jsonl')) < 40, 'killed too late to test a resume'
+  stderr = processes.run_processes(args, num_processes=2)
+  assert all('Resuming' in e for e in stderr)
+  whole = tmp_path / 'whole'
+  processes.run_one([*_GA, f'--workdir={whole}', '--config.ga.num_steps=40', '--config.checkpoint_every=10'])
+  assert _outputs(killed) == _outputs(whole)
