@@ -63,7 +63,7 @@ RUN_BY = {
   r'^(GLIBC_TUNABLES=\S+ )?\.venv/bin/python benchmarks/lm_speed\.py$': 'test_build_lm_benchmark_against_torch',
   r'^\.venv/bin/python benchmarks/lm_speed\.py --skip_hf ': 'test_build_lm_benchmark_alone',
   r'^JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo .* --coordinator_address=localhost:': (
-    'test_multiprocess.py::test_ga_on_two_processes_equals_one_process_and_resumes_across_them'
+    'test_multiprocess.py::test_ga_on_two_processes_killed_and_resumed_equals_one_process'
   ),
 }
 
