@@ -72,109 +72,119 @@ def plateau(rounds, upto: int) -> tuple[float, np.ndarray]:
   return best, at_best[np.sort(first)]
 
 
-def landscape_row(params: ehrlich.EhrlichParams, centres: np.ndarray) -> dict:
-  singles = [landscape.neighbourhood(params, x, 1) for x in centres]
-  doubles = [landscape.neighbourhood(params, x, 2) for x in centres]
+@dataclasses.dataclass(frozen=True)
+class Centre:
+  """One analysed plateau sequence and its exhaustive neighbourhoods."""
+
+  x_L: np.ndarray
+  singles: landscape.Neighbourhood
+  doubles: landscape.Neighbourhood
+
+  @property
+  def improving_NxL(self) -> np.ndarray:
+    return np.concatenate([self.singles.improving_NxL, self.doubles.improving_NxL])
+
+
+def landscape_row(params: ehrlich.EhrlichParams, sequences: np.ndarray) -> tuple[dict, list[Centre]]:
+  """How many substitutions at one and two sites improve each sequence, and where the doubles are."""
+  centres = [
+    Centre(x, landscape.neighbourhood(params, x, 1), landscape.neighbourhood(params, x, 2)) for x in sequences
+  ]
   site_pairs = collections.Counter(
-    tuple(int(i) for i in sites) for n in doubles for sites in n.improving_sites_NxK
+    tuple(int(i) for i in sites) for c in centres for sites in c.doubles.improving_sites_NxK
   )
-  reachable = [float(n.improving_values_N.max()) for n in singles + doubles if len(n.improving_values_N)]
+  values = [
+    v for c in centres for v in c.singles.improving_values_N.tolist() + c.doubles.improving_values_N.tolist()
+  ]
   return {
-    'improving_singles': [len(n.improving_values_N) for n in singles],
-    'improving_doubles': [len(n.improving_values_N) for n in doubles],
-    'num_singles': singles[0].num_edits,
-    'num_doubles': doubles[0].num_edits,
-    'feasible_singles': float(np.mean([n.num_feasible / n.num_edits for n in singles])),
-    'feasible_doubles': float(np.mean([n.num_feasible / n.num_edits for n in doubles])),
+    'improving_singles': [len(c.singles.improving_values_N) for c in centres],
+    'improving_doubles': [len(c.doubles.improving_values_N) for c in centres],
+    'num_singles': centres[0].singles.num_edits,
+    'num_doubles': centres[0].doubles.num_edits,
+    'feasible_singles': float(np.mean([c.singles.num_feasible / c.singles.num_edits for c in centres])),
+    'feasible_doubles': float(np.mean([c.doubles.num_feasible / c.doubles.num_edits for c in centres])),
     'double_sites_top': [[*pair, count] for pair, count in site_pairs.most_common(5)],
-    'best_reachable_value': max(reachable) if reachable else None,
-  }, singles + doubles
+    'best_reachable_value': max(values) if values else None,
+  }, centres
+
+
+def _proposals(key, graphdef, params, setup, centre: Centre, copies: int, shift: float) -> dict:
+  """One inner-loop iteration from `copies` copies of the centre: the valid proposals' mean token
+  log-likelihoods, and (for the diagnosis only) their validity, feasibility, improvement and edits."""
+  cfg = dataclasses.replace(setup.loop_cfg.inner, num_iterations=1)
+  gens = inner_loop.run(
+    key,
+    graphdef,
+    params,
+    jnp.tile(jnp.asarray(centre.x_L, jnp.int32)[None], (copies, 1)),
+    jnp.ones(copies, bool),
+    jnp.float32(shift),
+    codec=setup.codec,
+    cfg=cfg,
+  )
+  valid_R = np.asarray(gens.valid_IxR[0])
+  outputs_RxL = np.asarray(gens.outputs_IxRxL[0])[valid_R]
+  values_R = np.asarray(ehrlich.evaluate(setup.ehrlich_params, outputs_RxL))
+  return {
+    'logp_R': np.asarray(gens.mean_logp_IxR[0])[valid_R],
+    'frac_valid': valid_R.mean(),
+    'frac_feasible': np.isfinite(values_R).mean(),
+    'frac_improving': (values_R > centre.singles.value).mean(),
+    'frac_copies': np.all(outputs_RxL == centre.x_L, axis=1).mean(),
+    'mean_hamming': np.mean(outputs_RxL != centre.x_L),
+  }
+
+
+def _improving_chance(graphdef, params, setup, centre: Centre, temperatures) -> dict[str, float]:
+  """At each temperature, the exact chance that one decoding proposes an improving 1- or 2-site edit."""
+  improving_NxL = centre.improving_NxL
+  chances = {}
+  for t in temperatures:
+    chance = 0.0
+    if len(improving_NxL):
+      x_NxL = np.tile(centre.x_L, (len(improving_NxL), 1))
+      logps_N = landscape.proposal_logps(
+        graphdef, params, setup.codec, x_NxL, improving_NxL, t, top_k=setup.loop_cfg.inner.top_k
+      )
+      chance = float(np.sum(np.exp(np.asarray(logps_N, np.float64))))
+    chances[f'{t:.2f}'] = chance
+  return chances
 
 
 def policy_row(
-  key,
-  graphdef,
-  params,
-  setup,
-  centres,
-  neighbourhoods,
-  state,
-  round_threshold,
-  *,
-  copies: int,
-  chance_temperatures,
+  key, graphdef, params, setup, centres: list[Centre], state, round_threshold, *, copies, chance_temperatures
 ) -> dict:
-  """Proposals of the policy from `copies` copies of each plateau sequence, and where the improving
-  edits rank among them."""
-  cfg = dataclasses.replace(setup.loop_cfg.inner, num_iterations=1)
-  shift = inner_loop.collapse_shift(state.mean_hamming) if setup.loop_cfg.temperature_scaling else 0.0
+  """What the policy proposes from each plateau sequence, and where the improving edits rank."""
+  shift = float(inner_loop.collapse_shift(state.mean_hamming)) if setup.loop_cfg.temperature_scaling else 0.0
+  temperatures = chance_temperatures or [t + shift for t in setup.loop_cfg.inner.temperatures]
   quantile = setup.loop_cfg.select.likelihood_quantile
   stats = collections.defaultdict(list)
-  for i, x_L in enumerate(centres):
-    seeds_SxL = jnp.tile(jnp.asarray(x_L, jnp.int32)[None], (copies, 1))
-    gens = inner_loop.run(
-      jax.random.fold_in(key, i),
-      graphdef,
-      params,
-      seeds_SxL,
-      jnp.ones(copies, bool),
-      jnp.float32(shift),
-      codec=setup.codec,
-      cfg=cfg,
-    )
-    outputs_RxL = np.asarray(gens.outputs_IxRxL[0])
-    valid_R = np.asarray(gens.valid_IxR[0])
-    logp_R = np.asarray(gens.mean_logp_IxR[0])[valid_R]
-    values_R = np.asarray(ehrlich.evaluate(setup.ehrlich_params, outputs_RxL))[valid_R]
-    centre_value = neighbourhoods[i].value
-    stats['frac_valid'].append(valid_R.mean())
-    stats['frac_feasible'].append(np.isfinite(values_R).mean())
-    stats['frac_improving'].append((values_R > centre_value).mean())
-    stats['frac_copies'].append(np.all(outputs_RxL[valid_R] == x_L, axis=1).mean())
-    stats['mean_hamming'].append(np.mean(outputs_RxL[valid_R] != x_L))
-    threshold = np.quantile(logp_R, quantile)
-    improving_NxL = np.concatenate([n.improving_NxL for n in neighbourhoods[i :: len(centres)]])
-    temperatures = chance_temperatures or [t + float(shift) for t in cfg.temperatures]
-    for t in temperatures:
-      mass = 0.0
-      if len(improving_NxL):
-        logps_N = landscape.proposal_logps(
-          graphdef,
-          params,
-          setup.codec,
-          np.tile(x_L, (len(improving_NxL), 1)),
-          improving_NxL,
-          t,
-          top_k=cfg.top_k,
-        )
-        mass = float(np.sum(np.exp(np.asarray(logps_N, np.float64))))
-      stats[f'improving_mass_{t:.2f}'].append(mass)
-    doubles = neighbourhoods[len(centres) + i]
-    stats['blind_double_rate'].append(len(doubles.improving_values_N) / doubles.num_edits)
+  for i, centre in enumerate(centres):
+    proposals = _proposals(jax.random.fold_in(key, i), graphdef, params, setup, centre, copies, shift)
+    logp_R = proposals.pop('logp_R')
+    for name, value in proposals.items():
+      stats[name].append(value)
+    stats['proposal_logp'] += list(logp_R)
+    stats['chances'].append(_improving_chance(graphdef, params, setup, centre, temperatures))
+    stats['blind_double_rate'].append(len(centre.doubles.improving_values_N) / centre.doubles.num_edits)
+    improving_NxL = centre.improving_NxL
     if len(improving_NxL):
-      edit_logp_N = np.asarray(
-        landscape.edit_mean_logps(
-          graphdef, params, setup.codec, np.tile(x_L, (len(improving_NxL), 1)), improving_NxL
-        )
-      )
+      x_NxL = np.tile(centre.x_L, (len(improving_NxL), 1))
+      edit_logp_N = np.asarray(landscape.edit_mean_logps(graphdef, params, setup.codec, x_NxL, improving_NxL))
       stats['percentiles'] += list(100.0 * np.mean(logp_R[None, :] < edit_logp_N[:, None], axis=1))
-      stats['kept'] += list(edit_logp_N >= threshold)
+      stats['kept'] += list(edit_logp_N >= np.quantile(logp_R, quantile))
       if round_threshold is not None:
         stats['kept_by_round_threshold'] += list(edit_logp_N >= round_threshold)
-    stats['proposal_logp'] += list(logp_R)
   percentiles = np.asarray(stats['percentiles'])
-  masses = {
-    k.removeprefix('improving_mass_'): float(np.mean(v))
-    for k, v in stats.items()
-    if k.startswith('improving_mass_')
-  }
   return {
     # The chance that one proposal (one decoding at that temperature) is an improving 1- or 2-site
     # edit, exactly, against the chance that a uniformly random 2-site substitution improves.
-    'improving_proposal_chance': masses,
+    'improving_proposal_chance': {
+      t: float(np.mean([c[t] for c in stats['chances']])) for t in stats['chances'][0]
+    },
     'blind_double_rate': float(np.mean(stats['blind_double_rate'])),
-    'proposals': copies * cfg.rows_per_seed * len(centres),
-    'temperature_shift': float(shift),
+    'proposals': copies * setup.loop_cfg.inner.rows_per_seed * len(centres),
+    'temperature_shift': shift,
     **{k: float(np.mean(stats[k])) for k in ('frac_valid', 'frac_feasible', 'frac_improving', 'frac_copies')},
     'mean_hamming': float(np.mean(stats['mean_hamming'])),
     'proposal_logp_median': float(np.median(stats['proposal_logp'])),
@@ -220,9 +230,8 @@ def diagnose(
     best, centres_all = plateau(labelled, r)
     # Evenly spaced in the order first labelled: the oldest and the newest plateau sequences both.
     picks = np.unique(np.linspace(0, len(centres_all) - 1, min(max_sequences, len(centres_all))).round())
-    centres = centres_all[picks.astype(int)]
-    row = {'round': r, 'best_value': best, 'num_plateau': len(centres_all), 'analysed': len(centres)}
-    land, neighbourhoods = landscape_row(setup.ehrlich_params, centres)
+    row = {'round': r, 'best_value': best, 'num_plateau': len(centres_all), 'analysed': len(picks)}
+    land, centres = landscape_row(setup.ehrlich_params, centres_all[picks.astype(int)])
     row |= land
     if r in steps:
       state, _ = checkpoint.restore(checkpoints, target, step=r)
@@ -233,7 +242,6 @@ def diagnose(
         state.params,
         setup,
         centres,
-        neighbourhoods,
         state,
         threshold,
         copies=proposal_seeds,
