@@ -20,7 +20,7 @@ order they were first labelled):
 The Ehrlich values of proposals are computed here, for the diagnosis only; the run never saw them.
 
 Writes WORKDIR/diagnosis.jsonl (one object per round) and WORKDIR/diagnosis.md (the table, also printed),
-or --output.jsonl and .md.
+or --diagnosis_path.jsonl and .md.
 """
 
 import collections
@@ -44,8 +44,9 @@ _PROPOSAL_SEEDS = flags.DEFINE_integer(
 )
 _ROUNDS = flags.DEFINE_list('rounds', None, 'Rounds to diagnose (default: every round of the run).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Randomness of the proposals.')
+# Not --output: experiments.compare defines that flag, and absl flags are global to a process.
 _OUTPUT = flags.DEFINE_string(
-  'output', None, 'Path of the outputs without suffix (default WORKDIR/diagnosis: .jsonl and .md).'
+  'diagnosis_path', None, 'Path of the outputs without suffix (default WORKDIR/diagnosis: .jsonl and .md).'
 )
 _CHANCE_TEMPERATURES = flags.DEFINE_list(
   'chance_temperatures',

@@ -112,3 +112,17 @@ def test_every_shipped_llome_config_is_valid(name):
     <= setup.loop_cfg.inner.num_iterations * setup.loop_cfg.num_seeds * (setup.loop_cfg.inner.rows_per_seed)
   )
   assert 2 * setup.codec.length + 4 <= setup.model_cfg.max_len
+
+
+def test_every_binary_imports_beside_the_others():
+  """absl flags are global to a process: two binaries defining one flag name cannot be imported
+  together (pytest imports them into one worker, and a user's notebook may too)."""
+  import importlib
+  import pkgutil
+
+  import experiments
+
+  names = [m.name for m in pkgutil.iter_modules(experiments.__path__)]
+  assert {'llome', 'ga_baseline', 'compare', 'diagnose'} <= set(names)
+  for name in names:
+    importlib.import_module(f'experiments.{name}')

@@ -4,8 +4,8 @@ command allows. A command these tests cannot run here is listed with the reason,
 command that no entry below accounts for fails `test_every_documented_command_is_accounted_for`, so the
 docs cannot gain a command that nothing runs. README's "bad input" table is checked row by row.
 
-Everything that starts a process is marked slow, except the README's GA example, the cheapest check that
-the binaries run on one device: `-m 'not slow'` (CI's run on the newest Python) keeps that one.
+Everything that starts a process is marked slow: `-m 'not slow'` (CI's run on the newest Python, with
+its time budget) leaves them to the main run.
 """
 
 import os
@@ -114,6 +114,7 @@ def test_readme_quick_start(tmp_path):
   assert (tmp_path / 'runs' / 'smoke' / 'best.json').exists()
 
 
+@pytest.mark.slow
 def test_readme_ga_example(tmp_path):
   """The README's GA example: 4,096 particles on one device are evaluated in several chunks inside the
   shard, which once failed to trace (a shard_map varying-axes error) on one device only."""
@@ -271,13 +272,13 @@ def test_readme_bad_input_table(tmp_path):
   rows = bad_input_rows()
   count = re.search(r'Each of these (\d+) commands', (REPO / 'README.md').read_text())
   assert count and int(count.group(1)) == len(rows)
-  processes = []
+  started = []
   for i, (_, command, _) in enumerate(rows):
     argv, env = processes.command_argv(command, tmp_path / str(i))
-    processes.append(
+    started.append(
       subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     )
-  for i, ((case, _, message), process) in enumerate(zip(rows, processes, strict=True)):
+  for i, ((case, _, message), process) in enumerate(zip(rows, started, strict=True)):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode != 0, case
     for piece in message.split('...'):
