@@ -2,6 +2,7 @@
 workdir protocol (a rerun resumes, another config is refused, --overwrite clears)."""
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import pathlib
@@ -17,7 +18,8 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from llome_jax import checkpoint, configs, ga, metrics_io
+from llome_jax import archive as archive_lib
+from llome_jax import checkpoint, configs, ga, metrics_io, sharding
 from llome_jax.test_functions import ehrlich, instances
 
 _DEFAULT_ARCHIVE_LIMIT = 100_000
@@ -38,6 +40,11 @@ COORDINATOR = flags.DEFINE_string(
 NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: how many processes take part.')
 PROCESS_ID = flags.DEFINE_integer(
   'process_id', None, "Multi-host: this process's id, 0 .. num_processes - 1."
+)
+STOP_AFTER_ROUND = flags.DEFINE_integer(
+  'stop_after_round',
+  None,
+  'Model-based binaries: stop cleanly after this round (pre-emptible machines); rerun to resume.',
 )
 OVERWRITE = flags.DEFINE_bool(
   'overwrite',
@@ -126,6 +133,21 @@ def make_ga_config(ga_config: ml_collections.ConfigDict, num_states: int, dim: i
       survival_quantile=ga_config.survival_quantile,
       archive_capacity=capacity,
     )
+
+
+def seed_data(ehrlich_params, initial_solution, ga_cfg: ga.GAConfig, num_steps: int, seed: int, mesh):
+  """The round-0 seed data of the model-based binaries (LLOME, LaMBO-2): the GA's unique sequences,
+  their values and its oracle calls. A function of (test function, GA settings, seed) alone, so the
+  binaries start from the same data when given the same config."""
+  objective = sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, ehrlich_params))
+  state = ga.init(initial_solution, cfg=ga_cfg)
+  state = sharding.put(state, sharding.ga_state_shardings(mesh, state))
+  run = jax.jit(
+    lambda key, state: ga.run(key, state, objective=objective, cfg=ga_cfg, num_steps=num_steps)[0]
+  )
+  state = run(jax.random.fold_in(jax.random.key(seed), 0), state)
+  seqs, values = archive_lib.contents(state.archive)
+  return seqs, values, int(state.num_evaluations)
 
 
 def config_differences(held, wanted, prefix: str = '') -> dict[str, tuple]:

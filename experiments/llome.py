@@ -11,14 +11,13 @@ config is refused unless --overwrite is given.
 """
 
 import dataclasses
-import functools
 import pathlib
 import time
 
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, logging
 
 from experiments import common
 from experiments.configs import llome_defaults
@@ -39,9 +38,6 @@ from llome_jax import codec as codec_lib
 from llome_jax import model as model_lib
 from llome_jax.test_functions import ehrlich
 
-_STOP_AFTER = flags.DEFINE_integer(
-  'stop_after_round', None, 'Stop cleanly after this round (pre-emptible machines); rerun to resume.'
-)
 # Keys a resumed run may change: the number of rounds (which may grow, never below what was run) and
 # housekeeping.
 _MAY_CHANGE = ('outer.num_rounds', 'keep_checkpoints', 'rounds_per_chunk')
@@ -145,19 +141,6 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   return Setup(params, initial, ga_cfg, ga_steps, codec, model_cfg, loop_cfg)
 
 
-def _seed_data(setup: Setup, config, mesh) -> tuple[np.ndarray, np.ndarray, int]:
-  """Runs the seed GA; returns its unique sequences, their values and its oracle calls."""
-  objective = sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, setup.ehrlich_params))
-  state = ga.init(setup.initial_solution, cfg=setup.ga_cfg)
-  state = sharding.put(state, sharding.ga_state_shardings(mesh, state))
-  run = jax.jit(
-    lambda key, state: ga.run(key, state, objective=objective, cfg=setup.ga_cfg, num_steps=setup.ga_steps)[0]
-  )
-  state = run(jax.random.fold_in(jax.random.key(config.seed), 0), state)
-  seqs, values = archive_lib.contents(state.archive)
-  return seqs, values, int(state.num_evaluations)
-
-
 def _initial_state(setup: Setup, config, seeds):
   """The policy and the state before round 1; shapes independent of the mesh, so 1 device equals 8."""
   seqs, values, num_evaluations = seeds
@@ -183,7 +166,9 @@ def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh):
     (graphdef, seed data (sequences, values, oracle calls), state, its shardings); the state is also
     the restore target of the run's checkpoints.
   """
-  seeds = _seed_data(setup, config, mesh)
+  seeds = common.seed_data(
+    setup.ehrlich_params, setup.initial_solution, setup.ga_cfg, setup.ga_steps, config.seed, mesh
+  )
   graphdef, state = _initial_state(setup, config, seeds)
   return graphdef, seeds, state, outer_loop.state_shardings(state, mesh, fsdp=config.fsdp)
 
@@ -365,7 +350,7 @@ def main(argv):
     common.CONFIG.value,
     common.WORKDIR.value,
     overwrite=common.OVERWRITE.value,
-    stop_after_round=_STOP_AFTER.value,
+    stop_after_round=common.STOP_AFTER_ROUND.value,
   )
 
 
