@@ -104,24 +104,26 @@ def guided_step(
   def objective(delta_BxLxD):
     return -jnp.sum(_acquire(cfg, best_M, net.heads(base_BxLxD + delta_BxLxD * where_BxLx1)))
 
-  def propose(state, i):
-    tokens_BxL, acq_B, accepted_B, delta_BxLxD, opt_state = state
+  def decode(tokens_BxL, acq_B, accepted_B, delta_BxLxD, i):
     candidate_BxL = _decode(
       jax.random.fold_in(decode_key, i), net, base_BxLxD + delta_BxLxD * where_BxLx1, masked_BxL, tokens_BxL
     )
     candidate_acq_B = _acquire(cfg, best_M, net(candidate_BxL))
     take_B = candidate_acq_B >= acq_B
     tokens_BxL = jnp.where(take_B[:, None], candidate_BxL, tokens_BxL)
-    acq_B = jnp.where(take_B, candidate_acq_B, acq_B)
+    return tokens_BxL, jnp.where(take_B, candidate_acq_B, acq_B), accepted_B + take_B
+
+  def update_then_decode(state, i):
+    tokens_BxL, acq_B, accepted_B, delta_BxLxD, opt_state = state
     updates, opt_state = adam.update(jax.grad(objective)(delta_BxLxD), opt_state)
-    state = (tokens_BxL, acq_B, accepted_B + take_B, optax.apply_updates(delta_BxLxD, updates), opt_state)
-    return state, None
+    delta_BxLxD = optax.apply_updates(delta_BxLxD, updates)
+    return (*decode(tokens_BxL, acq_B, accepted_B, delta_BxLxD, i), delta_BxLxD, opt_state), None
 
   delta = jnp.zeros_like(base_BxLxD)
-  state = (tokens_BxL, acq_B, accepted_B, delta, adam.init(delta))
-  # Decodes 0 .. num_updates: one before the first update and one after each (the last update's
-  # gradient is computed and discarded: a scan of equal bodies beats unrolling a tail on CPU).
-  (tokens_BxL, acq_B, accepted_B, _, _), _ = jax.lax.scan(propose, state, jnp.arange(cfg.num_updates + 1))
+  state = (*decode(tokens_BxL, acq_B, accepted_B, delta, 0), delta, adam.init(delta))
+  (tokens_BxL, acq_B, accepted_B, _, _), _ = jax.lax.scan(
+    update_then_decode, state, jnp.arange(1, cfg.num_updates + 1)
+  )
   return (tokens_BxL, acq_B, accepted_B), {'frac_masked': jnp.mean(masked_BxL)}
 
 

@@ -15,6 +15,17 @@ def edit_distances(x_L: Int[Array, ' L'], ys_NxL: Int[Array, 'N L']) -> Int[Arra
   recurrence D[i, j] = min(E[j], D[i, j - 1] + 1) is a running minimum, D[i, j] = j + cummin(E - j), so
   each step is a few vector operations over all N rows.
   """
+
+  def running_min(x_NxJ):
+    # log2(L + 1) shifted minimums (Hillis-Steele): XLA:CPU lowers lax.cummin to a window reduction of
+    # O(L^2) work per row, which made a farthest-first round on f2 take minutes.
+    shift = 1
+    while shift < x_NxJ.shape[1]:
+      shifted = jnp.pad(x_NxJ[:, :-shift], ((0, 0), (shift, 0)), constant_values=jnp.iinfo(jnp.int32).max)
+      x_NxJ = jnp.minimum(x_NxJ, shifted)
+      shift *= 2
+    return x_NxJ
+
   n, length = ys_NxL.shape
   columns = jnp.arange(length + 1, dtype=jnp.int32)
   first = jnp.broadcast_to(columns, (n, length + 1))
@@ -24,7 +35,7 @@ def edit_distances(x_L: Int[Array, ' L'], ys_NxL: Int[Array, 'N L']) -> Int[Arra
     substitute = previous_NxJ[:, :-1] + (ys_NxL != token).astype(jnp.int32)
     delete = previous_NxJ[:, 1:] + 1
     e_NxJ = jnp.concatenate([jnp.full((n, 1), i + 1, jnp.int32), jnp.minimum(substitute, delete)], axis=1)
-    return columns + jax.lax.cummin(e_NxJ - columns, axis=1), None
+    return columns + running_min(e_NxJ - columns), None
 
   last, _ = jax.lax.scan(row, first, (jnp.arange(x_L.shape[0], dtype=jnp.int32), x_L))
   return last[:, -1]
