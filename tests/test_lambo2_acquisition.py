@@ -28,7 +28,9 @@ def test_log_h_matches_the_closed_form_from_the_body_to_far_tail():
 
 def test_log_ei_is_finite_where_the_naive_formula_underflows():
   mean, variance, best = jnp.float32(-40.0), jnp.float32(1.0), jnp.float32(0.0)
-  naive = jnp.log(jnp.sqrt(variance) * (jax.scipy.stats.norm.pdf(mean) + mean * jax.scipy.stats.norm.cdf(mean)))
+  naive = jnp.log(
+    jnp.sqrt(variance) * (jax.scipy.stats.norm.pdf(mean) + mean * jax.scipy.stats.norm.cdf(mean))
+  )
   assert not np.isfinite(naive)
   got = acquisition.log_ei(mean, variance, best)
   assert np.isfinite(got)
@@ -71,7 +73,9 @@ def test_acquisition_averages_logs_over_members_and_adds_log_mean_feasibility(ki
 
   mean, var = network.gaussian(heads['value_BxMx2'])
   per_member = (
-    acquisition.log_ei(mean, var, best_M) if kind == 'log_ei' else acquisition.reference_log_improvement(mean, best_M)
+    acquisition.log_ei(mean, var, best_M)
+    if kind == 'log_ei'
+    else acquisition.reference_log_improvement(mean, best_M)
   )
   np.testing.assert_allclose(plain, np.mean(per_member, axis=1), rtol=1e-6)
   with pytest.raises(ValueError, match="'log_ei' or 'reference'"):

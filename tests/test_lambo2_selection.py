@@ -82,4 +82,6 @@ def test_starting_pool_thins_the_best_rows():
   np.testing.assert_array_equal(start_values, values[want])
   assert np.all(real)
   with pytest.raises(ValueError, match='distance must be one of'):
-    selection.farthest_first(jnp.asarray(seqs), jnp.asarray(values), jnp.asarray(where), 2, distance='jaccard')
+    selection.farthest_first(
+      jnp.asarray(seqs), jnp.asarray(values), jnp.asarray(where), 2, distance='jaccard'
+    )

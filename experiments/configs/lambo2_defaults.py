@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.distance = 'edit'  # Of the farthest-first thinning: 'edit' (Levenshtein) or 'hamming'.
   # Round-0 data: an LLOME workdir's seed_data.npz (sequences, values) to start from the same sequences,
   # or empty to run the seed GA of `ga` on `test_function` (the LLOME binary's, so the same config and
-  # seed give the same data). With a file, its sequences are checked against the test function.
+  # seed give the same data). A file's sequences are checked against the test function and count one
+  # oracle call each (the GA's duplicate calls are not in the file).
   config.seed_data = ''
 
   base = ga_ehrlich.get_config()

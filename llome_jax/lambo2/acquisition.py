@@ -41,7 +41,9 @@ def log_h(z: Float[Array, '...']) -> Float[Array, '...']:
   # Each branch is evaluated on a z inside its own range, so no branch produces a NaN whose gradient
   # would leak through jnp.where.
   z_direct = jnp.maximum(z, -1.0)
-  direct = jnp.log(jnp.exp(-0.5 * z_direct**2 - _LOG_SQRT_2PI) + z_direct * jax.scipy.stats.norm.cdf(z_direct))
+  direct = jnp.log(
+    jnp.exp(-0.5 * z_direct**2 - _LOG_SQRT_2PI) + z_direct * jax.scipy.stats.norm.cdf(z_direct)
+  )
   z_mid = jnp.clip(z, _SERIES_BELOW, -1.0)
   w = jnp.log(jax.scipy.special.erfcx(-z_mid / math.sqrt(2.0)) * jnp.abs(z_mid)) + _LOG_SQRT_PI_OVER_2
   middle = -0.5 * z_mid**2 - _LOG_SQRT_2PI + _log1mexp(jnp.minimum(w, -1e-30))
