@@ -129,9 +129,9 @@ def _save_labelled(workdir: pathlib.Path, round_index: int, proposals, values, l
   tmp.replace(path)
 
 
-def _initial_state(setup: Setup, config, mesh):
-  if config.seed_data:
-    seeds = _read_seed_data(config.seed_data, setup.ehrlich_params, setup.round_cfg.network.length)
+def _initial_state(setup: Setup, config, mesh, file_seeds):
+  if file_seeds is not None:
+    seeds = file_seeds
   else:
     seeds = common.seed_data(
       setup.ehrlich_params, setup.initial_solution, setup.ga_cfg, setup.ga_steps, config.seed, mesh
@@ -152,12 +152,15 @@ def run_experiment(
   # ---------------------------------------------------------------- Setup: every check before any work.
   setup = build_setup(config)
   mesh = sharding.make_mesh(config.num_devices)
+  file_seeds = None
+  if config.seed_data:  # Read and checked before the workdir is touched.
+    file_seeds = _read_seed_data(config.seed_data, setup.ehrlich_params, setup.round_cfg.network.length)
   budget = common.Budget(config.num_rounds, 'rounds', f'num_rounds={config.num_rounds}')
   workdir = common.prepare_workdir(
     workdir, config, overwrite=overwrite, outputs=_OUTPUTS, may_change=_MAY_CHANGE, budget=budget
   )
   checkpoints = workdir / 'checkpoints'
-  seeds, state = _initial_state(setup, config, mesh)
+  seeds, state = _initial_state(setup, config, mesh, file_seeds)
   state_sh = jax.tree.map(lambda _: sharding.replicated(mesh), state)
   metrics_path = workdir / 'metrics.jsonl'
 
