@@ -126,3 +126,25 @@ def test_every_binary_imports_beside_the_others():
   assert {'llome', 'ga_baseline', 'compare', 'diagnose'} <= set(names)
   for name in names:
     importlib.import_module(f'experiments.{name}')
+
+
+@pytest.mark.parametrize('name', ['lambo2_f2', 'lambo2_f2_paper', 'lambo2_l128'])
+def test_every_shipped_lambo2_config_is_valid(name):
+  """Built as the binary builds them; the paper config is the reference's settings, the others depart
+  from them only where their docstrings say."""
+  import importlib
+
+  from experiments import lambo2
+
+  setup = lambo2.build_setup(importlib.import_module(f'experiments.configs.{name}').get_config())
+  assert setup.round_cfg.num_proposals == 2000 and setup.round_cfg.network.channels == 128
+  if name == 'lambo2_f2_paper':
+    guide = setup.round_cfg.guide
+    assert (guide.num_steps, guide.num_mutations, guide.num_updates, guide.step_size) == (64, 16, 2, 0.05)
+    assert (guide.b1, guide.b2, guide.acquisition, guide.use_feasibility) == (
+      0.09,
+      0.0999,
+      'reference',
+      False,
+    )
+    assert setup.round_cfg.train.epochs == 16 and setup.round_cfg.distance == 'edit'
