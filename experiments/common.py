@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
@@ -148,6 +148,31 @@ def seed_data(ehrlich_params, initial_solution, ga_cfg: ga.GAConfig, num_steps: 
   state = run(jax.random.fold_in(jax.random.key(seed), 0), state)
   seqs, values = archive_lib.contents(state.archive)
   return seqs, values, int(state.num_evaluations)
+
+
+def write_summary(workdir: pathlib.Path, state, rows: list[dict], title: str, *, write: bool) -> dict:
+  """The end of a model-based run (LLOME, LaMBO-2): best.json and regret.png (by the writing process
+  only), and a log line. `state` has best_solution_L, best_value, num_evaluations and round; `rows` are
+  the run's metrics rows. Returns the summary written as best.json."""
+  summary = {
+    'best_solution': np.asarray(state.best_solution_L).astype(int).tolist(),
+    'best_value': float(state.best_value),
+    'simple_regret_best': rows[-1]['simple_regret_best'],
+    'num_evaluations': int(state.num_evaluations),
+    'num_rounds': int(state.round),
+  }
+  if write:
+    metrics_io.write_json(workdir / 'best.json', summary)
+    metrics_io.plot_regret(
+      rows, workdir / 'regret.png', title=title, last_key='simple_regret_round', last_label='this round'
+    )
+  logging.info(
+    'Best value %.4f after %d evaluations; outputs in %s',
+    summary['best_value'],
+    summary['num_evaluations'],
+    workdir,
+  )
+  return summary
 
 
 def config_differences(held, wanted, prefix: str = '') -> dict[str, tuple]:
@@ -352,3 +377,18 @@ def run_main(main) -> None:
   """`app.run(main)` for a binary that takes --config and --workdir."""
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=parse_flags)
+
+
+def run_rounds_binary(run_experiment) -> None:
+  """`run_main` for a binary of rounds (LLOME, LaMBO-2): `run_experiment(config, workdir, *, overwrite,
+  stop_after_round)` after multi-host start-up."""
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    initialize_distributed()
+    run_experiment(
+      CONFIG.value, WORKDIR.value, overwrite=OVERWRITE.value, stop_after_round=STOP_AFTER_ROUND.value
+    )
+
+  run_main(main)

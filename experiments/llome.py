@@ -17,7 +17,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, logging
+from absl import logging
 
 from experiments import common
 from experiments.configs import llome_defaults
@@ -198,22 +198,6 @@ def _rows(metrics: dict, num_rounds: int) -> list[dict]:
   return rows
 
 
-def _write_outputs(workdir: pathlib.Path, state, rows: list[dict], title: str, *, write: bool) -> dict:
-  summary = {
-    'best_solution': np.asarray(state.best_solution_L).astype(int).tolist(),
-    'best_value': float(state.best_value),
-    'simple_regret_best': rows[-1]['simple_regret_best'],
-    'num_evaluations': int(state.num_evaluations),
-    'num_rounds': int(state.round),
-  }
-  if write:
-    metrics_io.write_json(workdir / 'best.json', summary)
-    metrics_io.plot_regret(
-      rows, workdir / 'regret.png', title=title, last_key='simple_regret_round', last_label='this round'
-    )
-  return summary
-
-
 def _save_labelled(workdir: pathlib.Path, first_round: int, selection, values) -> None:
   directory = workdir / 'labelled'
   directory.mkdir(exist_ok=True)
@@ -332,27 +316,8 @@ def run_experiment(
   # ---------------------------------------------------------------- Outputs.
   name = {'sft': 'SFT', 'marge': 'MargE', 'dpo': 'DPO'}[setup.loop_cfg.schedule]
   title = f'LLOME-{name}, {config.test_function.name or "sampled"} Ehrlich'
-  summary = _write_outputs(workdir, state, rows, title, write=writer)
-  logging.info(
-    'Best value %.4f after %d evaluations; outputs in %s',
-    summary['best_value'],
-    summary['num_evaluations'],
-    workdir,
-  )
-  return summary
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  common.initialize_distributed()
-  run_experiment(
-    common.CONFIG.value,
-    common.WORKDIR.value,
-    overwrite=common.OVERWRITE.value,
-    stop_after_round=common.STOP_AFTER_ROUND.value,
-  )
+  return common.write_summary(workdir, state, rows, title, write=writer)
 
 
 if __name__ == '__main__':
-  common.run_main(main)
+  common.run_rounds_binary(run_experiment)
