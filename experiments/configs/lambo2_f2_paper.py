@@ -5,8 +5,9 @@ members' means without the feasibility classifier, 16 epochs of training a round
 
   python -m experiments.lambo2 --config=experiments/configs/lambo2_f2_paper.py --workdir=runs/lambo2_f2_paper
 
-Slow on a CPU: one round takes about 15 minutes on 2 cores (benchmarks/lambo2_speed.py); use an
-accelerator. lambo2_f2.py is the version sized for a CPU.
+Slow on a CPU: 8x lambo2_f2.py's guided steps (about 4.9 s each for 2,000 sequences on 2 cores,
+benchmarks/lambo2_speed.py) and 4x its epochs, so several minutes a round (estimated, not run here);
+use an accelerator. lambo2_f2.py is the version sized for a CPU.
 """
 
 from experiments.configs import lambo2_defaults
