@@ -392,3 +392,37 @@ def run_rounds_binary(run_experiment) -> None:
     )
 
   run_main(main)
+
+
+def resume_or_start(workdir: pathlib.Path, state, state_sh, seeds, seed_metrics) -> tuple[Any, list[dict]]:
+  """The start of a binary of rounds (LLOME, LaMBO-2) whose state holds a labelled `history` archive
+  sized for the whole budget: the workdir's last checkpoint, its history grown to this run's budget,
+  and its metrics rows; or, without a checkpoint, `state` and its round-0 row (`seed_metrics(state)`),
+  writing seed_data.npz. Either way the metrics file is rewritten to exactly these rows (process 0).
+
+  Returns (the state on `state_sh`, the metrics rows so far).
+  """
+  checkpoints, metrics_path = workdir / 'checkpoints', workdir / 'metrics.jsonl'
+  length = state.history.sequences_CxL.shape[1]
+
+  def restore_target(metadata):
+    # The history holds every label of the budget, so a run resumed with more rounds restores the
+    # history it saved and grows it.
+    capacity = metadata.get('history_capacity', state.history.capacity)
+    saved = state.replace(history=archive_lib.init(capacity, length))
+    return checkpoint.abstract_like(saved, state_sh)
+
+  restored = restore_checkpoint(checkpoints, restore_target)
+  if restored is not None:
+    history = archive_lib.resized(restored.history, state.history.capacity)
+    state = sharding.put(restored.replace(history=history), state_sh)
+    rows = metrics_io.read_rows(metrics_path, 'round', int(state.round) + 1)
+    logging.info('Resuming %s after round %d.', workdir, int(state.round))
+  else:
+    state = sharding.put(state, state_sh)
+    rows = [metrics_io.plain_row(jax.device_get(seed_metrics(state)))]
+  if is_writer():  # Process 0 writes the outputs; every process its part of checkpoints.
+    if restored is None:
+      np.savez(workdir / 'seed_data.npz', sequences=seeds[0], values=seeds[1])
+    metrics_io.rewrite_jsonl(metrics_path, rows)
+  return state, rows

@@ -23,7 +23,6 @@ from absl import logging
 
 from experiments import common
 from experiments.configs import lambo2_defaults
-from llome_jax import archive as archive_lib
 from llome_jax import checkpoint, configs, ga, metrics_io, sharding
 from llome_jax.lambo2 import guidance, network, rounds, training
 from llome_jax.test_functions import ehrlich
@@ -148,25 +147,8 @@ def run_experiment(
   state_sh = jax.tree.map(lambda _: sharding.replicated(mesh), state)
   metrics_path = workdir / 'metrics.jsonl'
 
-  def restore_target(metadata):
-    capacity = metadata.get('history_capacity', state.history.capacity)
-    saved = state.replace(history=archive_lib.init(capacity, setup.round_cfg.network.length))
-    return checkpoint.abstract_like(saved, state_sh)
-
-  restored = common.restore_checkpoint(checkpoints, restore_target)
-  if restored is not None:
-    history = archive_lib.resized(restored.history, state.history.capacity)
-    state = sharding.put(restored.replace(history=history), state_sh)
-    rows = metrics_io.read_rows(metrics_path, 'round', int(state.round) + 1)
-    logging.info('Resuming %s after round %d.', workdir, int(state.round))
-  else:
-    state = sharding.put(state, state_sh)
-    rows = [metrics_io.plain_row(jax.device_get(rounds.seed_metrics(state)))]
+  state, rows = common.resume_or_start(workdir, state, state_sh, seeds, rounds.seed_metrics)
   writer = common.is_writer()
-  if writer:
-    if restored is None:
-      np.savez(workdir / 'seed_data.npz', sequences=seeds[0], values=seeds[1])
-    metrics_io.rewrite_jsonl(metrics_path, rows)
 
   # ---------------------------------------------------------------- Rounds.
   evaluate = sharding.per_shard(mesh, lambda x: ehrlich.evaluate(setup.ehrlich_params, x))

@@ -21,7 +21,6 @@ from absl import logging
 
 from experiments import common
 from experiments.configs import llome_defaults
-from llome_jax import archive as archive_lib
 from llome_jax import (
   checkpoint,
   configs,
@@ -233,27 +232,8 @@ def run_experiment(
   graphdef, seeds, state, state_sh = initial_state(setup, config, mesh)
   metrics_path = workdir / 'metrics.jsonl'
 
-  def restore_target(metadata):
-    # The history holds every label of the budget, so a run resumed with more rounds restores the
-    # history it saved and grows it.
-    capacity = metadata.get('history_capacity', state.history.capacity)
-    saved = state.replace(history=archive_lib.init(capacity, setup.codec.length))
-    return checkpoint.abstract_like(saved, state_sh)
-
-  restored = common.restore_checkpoint(checkpoints, restore_target)
-  if restored is not None:
-    history = archive_lib.resized(restored.history, state.history.capacity)
-    state = sharding.put(restored.replace(history=history), state_sh)
-    rows = metrics_io.read_rows(metrics_path, 'round', int(state.round) + 1)
-    logging.info('Resuming %s after round %d.', workdir, int(state.round))
-  else:
-    state = sharding.put(state, state_sh)
-    rows = [metrics_io.plain_row(jax.device_get(outer_loop.seed_metrics(state)))]
-  writer = common.is_writer()  # Process 0 writes the outputs; every process its part of checkpoints.
-  if writer:
-    if restored is None:
-      np.savez(workdir / 'seed_data.npz', sequences=seeds[0], values=seeds[1])
-    metrics_io.rewrite_jsonl(metrics_path, rows)
+  state, rows = common.resume_or_start(workdir, state, state_sh, seeds, outer_loop.seed_metrics)
+  writer = common.is_writer()
 
   # ---------------------------------------------------------------- Rounds.
   run = outer_loop.jit_run_rounds(
