@@ -10,7 +10,6 @@ epochs, edit distance).
 """
 
 import argparse
-import functools
 import importlib.util
 import pathlib
 import sys
@@ -23,7 +22,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # experime
 from experiments import common, lambo2  # noqa: E402
 from llome_jax import sharding  # noqa: E402
 from llome_jax.lambo2 import acquisition, guidance, network, rounds, selection, training  # noqa: E402
-from llome_jax.test_functions import ehrlich  # noqa: E402
 
 
 def _config(path: str, num_proposals: int):
@@ -56,9 +54,7 @@ def main():
   setup = lambo2.build_setup(config)
   cfg = setup.round_cfg
   mesh = sharding.make_mesh(1)
-  seqs, values, calls = common.seed_data(
-    setup.ehrlich_params, setup.initial_solution, setup.ga_cfg, setup.ga_steps, config.seed, mesh
-  )
+  seqs, values, calls = common.seed_data(setup.problem, setup.ga_cfg, setup.ga_steps, config.seed, mesh)
   state = rounds.init(
     jax.random.key(0), seqs, values, calls, history_capacity=len(values) + args.num_proposals
   )
@@ -84,8 +80,7 @@ def main():
   guide = jax.jit(lambda p, s: guidance.guide(jax.random.key(3), graphdef, p, s, best, cfg=cfg.guide)[0])
   times['guided steps'] = _timed(guide, trained, starts)
   if not args.parts_only:
-    evaluate = functools.partial(ehrlich.evaluate, setup.ehrlich_params)
-    round_fn = rounds.jit_round(mesh, state, evaluate=evaluate, cfg=cfg)
+    round_fn = rounds.jit_round(mesh, state, problem=setup.problem, cfg=cfg)
     copy = jax.tree.map(jnp.copy, state)
     start = time.perf_counter()
     jax.block_until_ready(round_fn(state))

@@ -1,8 +1,8 @@
 """What the experiment binaries share: flags, the test function and GA settings from a config, and the
 workdir protocol (a rerun resumes, another config is refused, --overwrite clears)."""
 
+import contextlib
 import dataclasses
-import functools
 import importlib.util
 import json
 import pathlib
@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from llome_jax import archive as archive_lib
-from llome_jax import checkpoint, configs, ga, metrics_io, sharding
+from llome_jax import checkpoint, configs, ga, metrics_io, oracle, sharding
 from llome_jax.test_functions import ehrlich, instances
 
 _DEFAULT_ARCHIVE_LIMIT = 100_000
@@ -119,7 +119,60 @@ def resolve_test_function(tf_config: ml_collections.ConfigDict):
   return params, tf_config.dim, np.asarray(initial)
 
 
-def make_ga_config(ga_config: ml_collections.ConfigDict, num_states: int, dim: int) -> ga.GAConfig:
+def _check_oracle_keys(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+  section = config.oracle
+  if not section.target:
+    stray = [k for k in ('alphabet', 'initial_sequences') if section[k]]
+    stray += ['optimal_value'] if section.optimal_value is not None else []
+    if stray:
+      raise ValueError(
+        f'{["oracle." + k for k in stray]} are only read with oracle.target (a scorer of your own); '
+        'oracle.target is empty, so the test_function section is the oracle. Set oracle.target or unset them.'
+      )
+    return
+  changed = [
+    f'test_function.{k}'
+    for k in config.test_function.keys()
+    if config.test_function[k] != defaults.test_function[k]
+  ]
+  if changed:
+    raise ValueError(
+      f'oracle.target={section.target!r} replaces the Ehrlich test function, but {changed} are set too and '
+      'would be ignored. Leave the test_function section at its defaults, or unset oracle.target.'
+    )
+  if not section.initial_sequences:
+    raise ValueError(
+      'oracle.target is set but oracle.initial_sequences is empty: the sequences to start from (FASTA, or '
+      'CSV with a "sequence" column) fix the length and the starting point.'
+    )
+
+
+def resolve_problem(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> oracle.Problem:
+  """The oracle of a run: the Ehrlich function of `test_function`, or with `oracle.target` set, the
+  user's scorer over `oracle.alphabet`, starting from `oracle.initial_sequences`. `defaults` is the
+  binary's default config: with a scorer, every test_function key must keep its default value.
+
+  Raises ValueError naming the keys at fault, an import path that does not resolve, or the record and
+  character of a bad initial sequence; nothing is called or written.
+  """
+  _check_oracle_keys(config, defaults)
+  section = config.oracle
+  if not section.target:
+    params, dim, initial = resolve_test_function(config.test_function)
+    return oracle.ehrlich_problem(params, dim, initial)
+  with configs.section('oracle'):
+    alphabet = oracle.resolve_alphabet(section.alphabet)
+    score = oracle.load_target(section.target)
+    initial = oracle.read_initial_sequences(section.initial_sequences, alphabet)
+  return oracle.host_problem(
+    score, alphabet, initial, optimal_value=section.optimal_value, name=section.target
+  )
+
+
+def make_ga_config(
+  ga_config: ml_collections.ConfigDict, num_states: int, dim: int, problem: oracle.Problem | None = None
+) -> ga.GAConfig:
+  """The GA settings of a config's `ga` section; with `problem`, its optimum and regret floor."""
   capacity = ga_config.archive_capacity
   if capacity is None:
     capacity = min(ga_config.num_particles * ga_config.num_steps, _DEFAULT_ARCHIVE_LIMIT)
@@ -132,47 +185,119 @@ def make_ga_config(ga_config: ml_collections.ConfigDict, num_states: int, dim: i
       recombine_prob=1.1 / dim if recombine_prob is None else recombine_prob,
       survival_quantile=ga_config.survival_quantile,
       archive_capacity=capacity,
+      optimal_value=1.0 if problem is None else problem.optimal_value,
+      value_floor=0.0 if problem is None else problem.value_floor,
     )
 
 
-def seed_data(ehrlich_params, initial_solution, ga_cfg: ga.GAConfig, num_steps: int, seed: int, mesh):
-  """The round-0 seed data of the model-based binaries (LLOME, LaMBO-2): the GA's unique sequences,
-  their values and its oracle calls. A function of (test function, GA settings, seed) alone, so the
-  binaries start from the same data when given the same config."""
-  objective = sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, ehrlich_params))
-  state = ga.init(initial_solution, cfg=ga_cfg)
-  state = sharding.put(state, sharding.ga_state_shardings(mesh, state))
-  run = jax.jit(
-    lambda key, state: ga.run(key, state, objective=objective, cfg=ga_cfg, num_steps=num_steps)[0]
-  )
-  state = run(jax.random.fold_in(jax.random.key(seed), 0), state)
-  seqs, values = archive_lib.contents(state.archive)
-  return seqs, values, int(state.num_evaluations)
+@contextlib.contextmanager
+def oracle_failure(problem: oracle.Problem, intact: str):
+  """Around a jitted call and the fetch of its results: if the user's scorer failed inside it, raises
+  the scorer's OracleError, saying what survived (`intact`) and that rerunning the command resumes. The
+  call's results (computed on -inf placeholders after the failure) are then discarded by the raise."""
+  context = f'The run stopped; {intact}. Fix the scorer and rerun the command to resume.'
+  try:
+    yield
+  except Exception:
+    if problem.host is not None:
+      problem.host.raise_if_failed(context)
+    raise
+  if problem.host is not None:
+    problem.host.raise_if_failed(context)
 
 
-def write_summary(workdir: pathlib.Path, state, rows: list[dict], title: str, *, write: bool) -> dict:
-  """The end of a model-based run (LLOME, LaMBO-2): best.json and regret.png (by the writing process
-  only), and a log line. `state` has best_solution_L, best_value, num_evaluations and round; `rows` are
-  the run's metrics rows. Returns the summary written as best.json."""
-  summary = {
+def problem_title(problem: oracle.Problem, config: ml_collections.ConfigDict) -> str:
+  if problem.host is not None:
+    return problem.name
+  return f'{config.test_function.name or "sampled"} Ehrlich'
+
+
+def summary(problem: oracle.Problem, state, rows: list[dict]) -> dict:
+  """best.json's common fields: the best sequence (and its string, for a scorer), value, regret and
+  oracle calls."""
+  out = {
     'best_solution': np.asarray(state.best_solution_L).astype(int).tolist(),
     'best_value': float(state.best_value),
     'simple_regret_best': rows[-1]['simple_regret_best'],
     'num_evaluations': int(state.num_evaluations),
-    'num_rounds': int(state.round),
   }
-  if write:
-    metrics_io.write_json(workdir / 'best.json', summary)
-    metrics_io.plot_regret(
-      rows, workdir / 'regret.png', title=title, last_key='simple_regret_round', last_label='this round'
+  if problem.alphabet is not None:
+    out['best_sequence'] = problem.decode(np.asarray(state.best_solution_L)[None])[0]
+  return out
+
+
+def plot_progress(problem: oracle.Problem, rows: list[dict], workdir: pathlib.Path, title: str, **kw) -> None:
+  """regret.png, or best_value.png where the optimum is unknown (a scorer without optimal_value)."""
+  if np.isnan(problem.optimal_value):
+    metrics_io.plot_best_value(rows, workdir / 'best_value.png', title=title)
+  else:
+    metrics_io.plot_regret(rows, workdir / 'regret.png', title=title, **kw)
+
+
+def seed_data(problem: oracle.Problem, ga_cfg: ga.GAConfig, num_steps: int, seed: int, mesh):
+  """The round-0 seed data of the model-based binaries (LLOME, LaMBO-2): the GA's unique sequences,
+  their values and its oracle calls. A function of (problem, GA settings, seed) alone, so the binaries
+  start from the same data when given the same config.
+
+  For a user's scorer, the initial sequences come first, with their given values or scored now (oracle
+  calls); the GA then starts from them (its population cycles over them), and `num_steps` may be 0.
+  """
+  seqs = np.zeros((0, problem.dim), np.int32)
+  values = np.zeros((0,), np.float32)
+  calls = 0
+  if problem.host is not None:
+    values, calls = oracle.score_initial(problem)
+    seqs = problem.initial_KxL
+  if num_steps > 0:
+    objective = problem.evaluator(mesh)
+    state = ga.init(problem.initial_KxL, cfg=ga_cfg)
+    state = sharding.put(state, sharding.ga_state_shardings(mesh, state))
+    run = jax.jit(
+      lambda key, state: ga.run(key, state, objective=objective, cfg=ga_cfg, num_steps=num_steps)[0]
     )
+    with oracle_failure(problem, 'nothing was written but config.json'):
+      state = jax.block_until_ready(run(jax.random.fold_in(jax.random.key(seed), 0), state))
+    ga_seqs, ga_values = archive_lib.contents(state.archive)
+    if problem.host is None:
+      return ga_seqs, ga_values, int(state.num_evaluations)
+    seqs = np.concatenate([seqs, np.asarray(ga_seqs, seqs.dtype)])
+    values = np.concatenate([values, ga_values])
+    calls += int(state.num_evaluations)
+  _, first = np.unique(seqs, axis=0, return_index=True)
+  keep = np.sort(first)
+  return seqs[keep].astype(np.int32), values[keep].astype(np.float32), calls
+
+
+def saved_seed_data(workdir: pathlib.Path):
+  """The seed data a resumable run wrote (seed_data.npz, and round 0's oracle calls from metrics.jsonl),
+  or None. A binary of rounds resumes from it rather than rerunning the seed GA where that would call
+  a user's scorer again."""
+  path, metrics = workdir / 'seed_data.npz', workdir / 'metrics.jsonl'
+  if checkpoint.latest_step(workdir / 'checkpoints') is None or not path.exists() or not metrics.exists():
+    return None
+  rows = metrics_io.read_jsonl(metrics)
+  if not rows or rows[0].get('round') != 0:
+    return None
+  with np.load(path) as data:
+    return data['sequences'], data['values'], int(rows[0]['num_evaluations'])
+
+
+def write_summary(
+  workdir: pathlib.Path, problem, state, rows: list[dict], title: str, *, write: bool
+) -> dict:
+  """The end of a model-based run (LLOME, LaMBO-2): best.json and the progress plot (by the writing
+  process only), and a log line. `state` has best_solution_L, best_value, num_evaluations and round;
+  `rows` are the run's metrics rows. Returns the summary written as best.json."""
+  out = summary(problem, state, rows) | {'num_rounds': int(state.round)}
+  if problem.host is not None:
+    out['initial_best_value'] = rows[0]['best_value']
+  if write:
+    metrics_io.write_json(workdir / 'best.json', out)
+    plot_progress(problem, rows, workdir, title, last_key='simple_regret_round', last_label='this round')
   logging.info(
-    'Best value %.4f after %d evaluations; outputs in %s',
-    summary['best_value'],
-    summary['num_evaluations'],
-    workdir,
+    'Best value %.4f after %d evaluations; outputs in %s', out['best_value'], out['num_evaluations'], workdir
   )
-  return summary
+  return out
 
 
 def config_differences(held, wanted, prefix: str = '') -> dict[str, tuple]:
@@ -195,6 +320,15 @@ class Budget:
   allowed: int
   unit: str
   keys: str
+
+
+def with_oracle_section(held: dict, defaults: dict) -> dict:
+  """A config.json written before configs had an `oracle` section, read as one with an unset section
+  (the Ehrlich function, as it was), so those runs still resume and diagnose."""
+  if 'oracle' in held or 'oracle' not in defaults:
+    return held
+  unset = {k: ('' if isinstance(v, str) else None) for k, v in defaults['oracle'].items()}
+  return held | {'oracle': unset}
 
 
 def _delete(workdir: pathlib.Path, outputs: tuple[str, ...]) -> None:
@@ -250,7 +384,7 @@ def _check_workdir(workdir, config_path, wanted, outputs, may_change, budget: Bu
         f'{config_path} is not valid JSON ({error}), so this workdir cannot be resumed; choose another '
         'workdir or pass --overwrite to delete its outputs.'
       ) from None
-    changes = config_differences(held, wanted)
+    changes = config_differences(with_oracle_section(held, wanted), wanted)
     fixed = {key: change for key, change in changes.items() if key not in may_change}
     if fixed:
       listed = '; '.join(f'{key}: {a!r} -> {b!r}' for key, (a, b) in fixed.items())

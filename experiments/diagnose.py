@@ -35,6 +35,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import common, llome
+from experiments.configs import llome_defaults
 from llome_jax import checkpoint, inner_loop, landscape, metrics_io, sharding
 from llome_jax.test_functions import ehrlich
 
@@ -125,7 +126,7 @@ def _proposals(key, graphdef, params, setup, centre: Centre, copies: int, shift:
   )
   valid_R = np.asarray(gens.valid_IxR[0])
   outputs_RxL = np.asarray(gens.outputs_IxRxL[0])[valid_R]
-  values_R = np.asarray(ehrlich.evaluate(setup.ehrlich_params, outputs_RxL))
+  values_R = np.asarray(ehrlich.evaluate(setup.problem.ehrlich_params, outputs_RxL))
   return {
     'logp_R': np.asarray(gens.mean_logp_IxR[0])[valid_R],
     'frac_valid': valid_R.mean(),
@@ -211,11 +212,17 @@ def diagnose(
 ) -> list[dict]:
   """The diagnosis of every round (or of `rounds`) of an LLOME workdir; writes diagnosis.jsonl/.md."""
   workdir = pathlib.Path(workdir)
-  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  held = json.loads((workdir / 'config.json').read_text())
+  config = ml_collections.ConfigDict(common.with_oracle_section(held, llome_defaults.get_config().to_dict()))
   if isinstance(config.inner.temperatures, list):
     with config.unlocked():
       config.inner.temperatures = tuple(config.inner.temperatures)
   setup = llome.build_setup(config)
+  if setup.problem.ehrlich_params is None:
+    raise ValueError(
+      f'{workdir} optimised a scorer of your own (oracle.target={config.oracle.target!r}); the diagnosis '
+      'enumerates every single and double edit of the best sequences, which needs an Ehrlich function.'
+    )
   labelled = labelled_rounds(workdir)
   metrics = {row['round']: row for row in metrics_io.read_jsonl(workdir / 'metrics.jsonl')}
   rounds = range(len(labelled)) if rounds is None else [int(r) for r in rounds]
@@ -232,7 +239,7 @@ def diagnose(
     # Evenly spaced in the order first labelled: the oldest and the newest plateau sequences both.
     picks = np.unique(np.linspace(0, len(centres_all) - 1, min(max_sequences, len(centres_all))).round())
     row = {'round': r, 'best_value': best, 'num_plateau': len(centres_all), 'analysed': len(picks)}
-    land, centres = landscape_row(setup.ehrlich_params, centres_all[picks.astype(int)])
+    land, centres = landscape_row(setup.problem.ehrlich_params, centres_all[picks.astype(int)])
     row |= land
     if r in steps:
       state, _ = checkpoint.restore(checkpoints, target, step=r)

@@ -21,10 +21,9 @@ from absl import app, logging
 
 from experiments import common
 from experiments.configs import ga_ehrlich
-from llome_jax import archive, checkpoint, configs, ga, metrics_io, sharding
-from llome_jax.test_functions import ehrlich
+from llome_jax import archive, checkpoint, configs, ga, metrics_io, oracle, sharding
 
-_OUTPUTS = ('metrics.jsonl', 'best.json', 'regret.png', 'seed_data.npz', 'checkpoints')
+_OUTPUTS = ('metrics.jsonl', 'best.json', 'regret.png', 'best_value.png', 'seed_data.npz', 'checkpoints')
 # Keys a resumed run may change: its budget (which may grow, never below what was run) and what only
 # changes logging and housekeeping.
 _MAY_CHANGE = ('ga.num_steps', 'ga.max_evaluations', 'log_every', 'checkpoint_every', 'keep_checkpoints')
@@ -39,10 +38,12 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
   with it; logging and checkpointing keys may change too. A workdir holding another config is refused
   unless `overwrite`. Every check of the config runs before anything is written.
   """
-  configs.validate(config, ga_ehrlich.get_config())
+  defaults = ga_ehrlich.get_config()
+  configs.validate(config, defaults)
   # ---------------------------------------------------------------- Setup: every check before any work.
-  params, dim, initial_solution = common.resolve_test_function(config.test_function)
-  cfg = common.make_ga_config(config.ga, params.num_states, dim)
+  problem = common.resolve_problem(config, defaults)
+  dim, initial_solution = problem.dim, problem.initial_KxL
+  cfg = common.make_ga_config(config.ga, problem.num_states, dim, problem)
   num_steps = ga.num_steps_for_budget(cfg, config.ga.num_steps, config.ga.max_evaluations)
   if num_steps < 1:
     raise ValueError(
@@ -65,6 +66,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
   state = ga.init(initial_solution, cfg=cfg)
   state_shardings = sharding.ga_state_shardings(mesh, state)
   metrics_path = workdir / 'metrics.jsonl'
+  initial_best = None  # A scorer's: the best value of the initial sequences, given or scored.
 
   def restore_target(metadata):
     # The default archive holds every evaluation of the budget, so a run resumed with a larger budget
@@ -78,8 +80,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
     archive_now = archive.resized(restored.archive, cfg.archive_capacity)
     state = sharding.put(restored.replace(archive=archive_now), state_shardings)
     rows = metrics_io.read_rows(metrics_path, 'step', int(state.step))
+    initial_best = checkpoint.read_metadata(checkpoints).get('initial_best_value')
     logging.info('Resuming %s after generation %d.', workdir, int(state.step))
   else:
+    if problem.host is not None:
+      state, initial_best = _start_from_initial(state, problem, cfg)
     state, rows = sharding.put(state, state_shardings), []
   writer = common.is_writer()  # Process 0 writes the outputs; every process its part of checkpoints.
   if writer:
@@ -93,7 +98,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
     return ga.run(
       key,
       state,
-      objective=sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, params)),
+      objective=problem.evaluator(mesh),
       cfg=cfg,
       num_steps=length,
       stop_at_optimum=config.ga.stop_at_optimum,
@@ -105,15 +110,16 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
     cfg.num_particles,
     num_steps,
     dim,
-    params.num_states,
+    problem.num_states,
     mesh.size,
   )
   done, saved, start = int(state.step), int(state.step), time.perf_counter()
   solved = config.ga.stop_at_optimum and float(state.best_value) >= cfg.optimal_value
   while done < num_steps and not solved:
     length = min(config.log_every, num_steps - done)
-    state, metrics = run_chunk(key, state, length)
-    metrics = jax.device_get(metrics)
+    with common.oracle_failure(problem, f'the last checkpoint (generation {saved}) is intact'):
+      state, metrics = run_chunk(key, state, length)
+      metrics = jax.device_get(metrics)  # Inside: a scorer's failure surfaces here.
     chunk_rows = [
       metrics_io.plain_row({k: v[i] for k, v in metrics.items() if k != 'active'})
       for i in range(length)
@@ -126,16 +132,18 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
     solved = not metrics['active'][-1]
     if int(state.step) > saved and (done - saved >= config.checkpoint_every or done >= num_steps or solved):
       metadata = {'generation': int(state.step), 'archive_capacity': cfg.archive_capacity}
+      if initial_best is not None:
+        metadata['initial_best_value'] = initial_best
       checkpoint.save(checkpoints, int(state.step), state, metadata=metadata, keep=config.keep_checkpoints)
       saved = int(state.step)
     if chunk_rows:
       last = chunk_rows[-1]
       logging.info(
-        'generation %d/%d  evaluations %d  regret best %.4f  (%.1f generations/s)',
+        'generation %d/%d  evaluations %d  best %.4f  (%.1f generations/s)',
         last['step'] + 1,
         num_steps,
         last['num_evaluations'],
-        last['simple_regret_best'],
+        last['best_value'],
         len(chunk_rows) / (time.perf_counter() - start),
       )
       start = time.perf_counter()
@@ -143,13 +151,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
       logging.info('Optimum reached after %d evaluations; stopping.', int(state.num_evaluations))
 
   # ---------------------------------------------------------------- Outputs.
-  summary = {
-    'best_solution': np.asarray(state.best_solution_L).astype(int).tolist(),
-    'best_value': float(state.best_value),
-    'simple_regret_best': rows[-1]['simple_regret_best'],
-    'num_evaluations': int(state.num_evaluations),
-    'num_generations': int(state.step),
-  }
+  summary = common.summary(problem, state, rows) | {'num_generations': int(state.step)}
+  if initial_best is not None:
+    summary['initial_best_value'] = initial_best
   if cfg.archive_capacity:
     sequences, values = archive.contents(state.archive)
     if writer:
@@ -158,9 +162,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
     summary['archive_dropped'] = int(state.archive.num_dropped)
   if writer:
     metrics_io.write_json(workdir / 'best.json', summary)
-    metrics_io.plot_regret(
-      rows, workdir / 'regret.png', title=f'GA, {config.test_function.name or "sampled"} Ehrlich'
-    )
+    common.plot_progress(problem, rows, workdir, f'GA, {common.problem_title(problem, config)}')
   logging.info(
     'Best value %.4f after %d evaluations; outputs in %s',
     summary['best_value'],
@@ -168,6 +170,22 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, overwrite
     workdir,
   )
   return summary
+
+
+def _start_from_initial(state: ga.GAState, problem, cfg: ga.GAConfig) -> tuple[ga.GAState, float]:
+  """A scorer's run starts knowing its initial sequences: their values (given, or scored now, counted as
+  oracle calls) set the best so far and enter the archive."""
+  values, num_scored = oracle.score_initial(problem)
+  best = int(np.argmax(values))
+  state = state.replace(
+    best_solution_L=np.asarray(problem.initial_KxL[best], state.particles_PxL.dtype),
+    best_value=np.float32(values[best]),
+    num_evaluations=np.int32(num_scored),
+  )
+  if cfg.archive_capacity:
+    tokens = problem.initial_KxL.astype(state.particles_PxL.dtype)
+    state = state.replace(archive=archive.add(state.archive, tokens, values))
+  return state, float(values[best])
 
 
 def main(argv):

@@ -13,6 +13,7 @@ unless --overwrite is given.
 """
 
 import dataclasses
+import functools
 import pathlib
 import time
 
@@ -23,9 +24,8 @@ from absl import logging
 
 from experiments import common
 from experiments.configs import lambo2_defaults
-from llome_jax import checkpoint, configs, ga, metrics_io, sharding
+from llome_jax import checkpoint, configs, ga, metrics_io, oracle, sharding
 from llome_jax.lambo2 import guidance, network, rounds, training
-from llome_jax.test_functions import ehrlich
 
 _MAY_CHANGE = ('num_rounds', 'keep_checkpoints')
 _OUTPUTS = (
@@ -33,6 +33,7 @@ _OUTPUTS = (
   'seed_data.npz',
   'best.json',
   'regret.png',
+  'best_value.png',
   'labelled',
   'checkpoints',
   'timings.jsonl',
@@ -41,8 +42,7 @@ _OUTPUTS = (
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-  ehrlich_params: ehrlich.EhrlichParams
-  initial_solution: np.ndarray
+  problem: oracle.Problem
   ga_cfg: ga.GAConfig
   ga_steps: int
   round_cfg: rounds.RoundConfig
@@ -51,20 +51,22 @@ class Setup:
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
   """Validates the config (keys, types, values) and builds the static settings; raises ValueError
   naming the key at fault, before any work."""
-  configs.validate(config, lambo2_defaults.get_config())
+  defaults = lambo2_defaults.get_config()
+  configs.validate(config, defaults)
   for key in ('num_rounds', 'keep_checkpoints'):
     if config[key] < 1:
       raise ValueError(f'config.{key} must be >= 1, got {config[key]}.')
-  params, dim, initial = common.resolve_test_function(config.test_function)
-  ga_cfg = common.make_ga_config(config.ga, params.num_states, dim)
+  problem = common.resolve_problem(config, defaults)
+  dim = problem.dim
+  ga_cfg = common.make_ga_config(config.ga, problem.num_states, dim, problem)
   ga_steps = ga.num_steps_for_budget(ga_cfg, config.ga.num_steps, config.ga.max_evaluations)
-  if not config.seed_data and ga_steps < 1:
+  if not config.seed_data and ga_steps < 1 and problem.host is None:
     raise ValueError(
       f'config.ga: the seed GA budget holds no generation (num_steps={config.ga.num_steps}, '
       f'max_evaluations={config.ga.max_evaluations}), so there would be no seed data.'
     )
   with configs.section('network'):
-    net_cfg = network.NetworkConfig(num_states=params.num_states, length=dim, **config.network.to_dict())
+    net_cfg = network.NetworkConfig(num_states=problem.num_states, length=dim, **config.network.to_dict())
   with configs.section('train'):
     train_cfg = training.TrainConfig(**config.train.to_dict())
   with configs.section('guide'):
@@ -77,12 +79,14 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     pool_expansion=config.pool_expansion,
     distance=config.distance,
   )
-  return Setup(params, initial, ga_cfg, ga_steps, round_cfg)
+  return Setup(problem, ga_cfg, ga_steps, round_cfg)
 
 
-def _read_seed_data(path: str, params: ehrlich.EhrlichParams, dim: int):
+def _read_seed_data(path: str, problem: oracle.Problem):
   """An LLOME workdir's seed_data.npz, checked: its values must be the test function's (a file made
-  for another instance would silently optimise against the wrong data)."""
+  for another instance would silently optimise against the wrong data). A user's scorer is not called
+  to check them: its values are taken as given."""
+  dim = problem.dim
   try:
     with np.load(path) as data:
       seqs, values = np.asarray(data['sequences']), np.asarray(data['values'], np.float32)
@@ -95,7 +99,9 @@ def _read_seed_data(path: str, params: ehrlich.EhrlichParams, dim: int):
       f'config.seed_data={path!r}: sequences of shape {seqs.shape} and {len(values)} values do not fit '
       f'the test function (L = {dim}).'
     )
-  want = np.asarray(ehrlich.evaluate(params, seqs))
+  if problem.ehrlich_params is None:
+    return seqs, values, len(seqs)
+  want = np.asarray(problem.evaluate(seqs))
   if not np.array_equal(np.isfinite(want), np.isfinite(values)) or not np.allclose(
     want, values, equal_nan=True
   ):
@@ -112,13 +118,12 @@ def _save_labelled(workdir: pathlib.Path, round_index: int, proposals, values, l
   tmp.replace(path)
 
 
-def _initial_state(setup: Setup, config, mesh, file_seeds):
-  if file_seeds is not None:
-    seeds = file_seeds
-  else:
-    seeds = common.seed_data(
-      setup.ehrlich_params, setup.initial_solution, setup.ga_cfg, setup.ga_steps, config.seed, mesh
-    )
+def _initial_state(setup: Setup, config, mesh, file_seeds, workdir: pathlib.Path | None = None):
+  seeds = file_seeds
+  if seeds is None and setup.problem.host is not None and workdir is not None:
+    seeds = common.saved_seed_data(workdir)  # Resuming: the scorer is not called again for round 0.
+  if seeds is None:
+    seeds = common.seed_data(setup.problem, setup.ga_cfg, setup.ga_steps, config.seed, mesh)
   capacity = len(seeds[1]) + config.num_rounds * config.num_proposals
   state = rounds.init(jax.random.key(config.seed), *seeds, history_capacity=capacity)
   return seeds, state
@@ -137,22 +142,22 @@ def run_experiment(
   mesh = sharding.make_mesh(config.num_devices)
   file_seeds = None
   if config.seed_data:  # Read and checked before the workdir is touched.
-    file_seeds = _read_seed_data(config.seed_data, setup.ehrlich_params, setup.round_cfg.network.length)
+    file_seeds = _read_seed_data(config.seed_data, setup.problem)
   budget = common.Budget(config.num_rounds, 'rounds', f'num_rounds={config.num_rounds}')
   workdir = common.prepare_workdir(
     workdir, config, overwrite=overwrite, outputs=_OUTPUTS, may_change=_MAY_CHANGE, budget=budget
   )
   checkpoints = workdir / 'checkpoints'
-  seeds, state = _initial_state(setup, config, mesh, file_seeds)
+  seeds, state = _initial_state(setup, config, mesh, file_seeds, workdir)
   state_sh = jax.tree.map(lambda _: sharding.replicated(mesh), state)
   metrics_path = workdir / 'metrics.jsonl'
 
-  state, rows = common.resume_or_start(workdir, state, state_sh, seeds, rounds.seed_metrics)
+  seed_metrics = functools.partial(rounds.seed_metrics, problem=setup.problem)
+  state, rows = common.resume_or_start(workdir, state, state_sh, seeds, seed_metrics)
   writer = common.is_writer()
 
   # ---------------------------------------------------------------- Rounds.
-  evaluate = sharding.per_shard(mesh, lambda x: ehrlich.evaluate(setup.ehrlich_params, x))
-  run = rounds.jit_round(mesh, state, evaluate=evaluate, cfg=setup.round_cfg)
+  run = rounds.jit_round(mesh, state, problem=setup.problem, cfg=setup.round_cfg)
   stop = config.num_rounds if stop_after_round is None else min(stop_after_round, config.num_rounds)
   logging.info(
     'LaMBO-2: rounds %d..%d of %d, %d proposals each, L=%d, v=%d, %d devices.',
@@ -166,8 +171,9 @@ def run_experiment(
   )
   while int(state.round) < stop:
     start = time.perf_counter()
-    state, (metrics, proposals, values, labelled) = run(state)
-    metrics, proposals, values, labelled = jax.device_get((metrics, proposals, values, labelled))
+    with common.oracle_failure(setup.problem, f'the last checkpoint (round {int(state.round)}) is intact'):
+      state, (metrics, proposals, values, labelled) = run(state)
+      metrics, proposals, values, labelled = jax.device_get((metrics, proposals, values, labelled))
     round_index = int(metrics['round'])
     row = metrics_io.plain_row(metrics)
     if writer:
@@ -180,13 +186,13 @@ def run_experiment(
     if writer:
       metrics_io.append_jsonl(workdir / 'timings.jsonl', [{'round': round_index, 'seconds': seconds}])
     logging.info(
-      'round %d/%d  evaluations %d  regret best %.4f  round %.4f  labelled %d (feasible %.2f)  '
+      'round %d/%d  evaluations %d  best %.4f  regret best %s  labelled %d (feasible %.2f)  '
       'acquisition %.2f -> %.2f  (%.1f s)',
       round_index,
       config.num_rounds,
       row['num_evaluations'],
+      row['best_value'],
       row['simple_regret_best'],
-      row['simple_regret_round'],
       row['num_labelled'],
       row['frac_labelled_feasible'],
       row['acquisition_start'],
@@ -195,8 +201,8 @@ def run_experiment(
     )
 
   # ---------------------------------------------------------------- Outputs.
-  title = f'LaMBO-2, {config.test_function.name or "sampled"} Ehrlich'
-  return common.write_summary(workdir, state, rows, title, write=writer)
+  title = f'LaMBO-2, {common.problem_title(setup.problem, config)}'
+  return common.write_summary(workdir, setup.problem, state, rows, title, write=writer)
 
 
 if __name__ == '__main__':

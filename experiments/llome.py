@@ -11,6 +11,7 @@ config is refused unless --overwrite is given.
 """
 
 import dataclasses
+import functools
 import pathlib
 import time
 
@@ -28,6 +29,7 @@ from llome_jax import (
   inner_loop,
   labelling,
   metrics_io,
+  oracle,
   outer_loop,
   pairs,
   sharding,
@@ -35,7 +37,6 @@ from llome_jax import (
 )
 from llome_jax import codec as codec_lib
 from llome_jax import model as model_lib
-from llome_jax.test_functions import ehrlich
 
 # Keys a resumed run may change: the number of rounds (which may grow, never below what was run) and
 # housekeeping.
@@ -45,6 +46,7 @@ _OUTPUTS = (
   'seed_data.npz',
   'best.json',
   'regret.png',
+  'best_value.png',
   'labelled',
   'checkpoints',
   'timings.jsonl',
@@ -57,8 +59,7 @@ _OUTPUTS = (
 class Setup:
   """Everything static that a run derives from its config, built before any work starts."""
 
-  ehrlich_params: ehrlich.EhrlichParams
-  initial_solution: np.ndarray
+  problem: oracle.Problem
   ga_cfg: ga.GAConfig
   ga_steps: int
   codec: codec_lib.CompactCodec
@@ -73,16 +74,18 @@ def _optim(section: ml_collections.ConfigDict) -> train.OptimConfig:
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
   """Validates the config (keys, types and values) and builds the static settings. Raises ValueError
   naming the config key at fault, before any work."""
-  configs.validate(config, llome_defaults.get_config())
+  defaults = llome_defaults.get_config()
+  configs.validate(config, defaults)
   for key in ('rounds_per_chunk', 'keep_checkpoints'):
     if config[key] < 1:
       raise ValueError(f'config.{key} must be >= 1, got {config[key]}.')
   if config.outer.num_rounds < 1:
     raise ValueError(f'config.outer.num_rounds must be >= 1, got {config.outer.num_rounds}: no round to run.')
-  params, dim, initial = common.resolve_test_function(config.test_function)
-  ga_cfg = common.make_ga_config(config.ga, params.num_states, dim)
+  problem = common.resolve_problem(config, defaults)
+  dim = problem.dim
+  ga_cfg = common.make_ga_config(config.ga, problem.num_states, dim, problem)
   ga_steps = ga.num_steps_for_budget(ga_cfg, config.ga.num_steps, config.ga.max_evaluations)
-  if ga_steps < 1:
+  if ga_steps < 1 and problem.host is None:  # A scorer's initial sequences may be the whole seed.
     raise ValueError(
       f'config.ga: the seed GA budget holds no generation (num_steps={config.ga.num_steps}, '
       f'max_evaluations={config.ga.max_evaluations}, one generation is num_particles={ga_cfg.num_particles} '
@@ -90,7 +93,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     )
   if not ga_cfg.archive_capacity:
     raise ValueError('config.ga.archive_capacity must be > 0: the archive of the seed GA is the seed data.')
-  codec = codec_lib.CompactCodec(params.num_states, dim)
+  codec = codec_lib.CompactCodec(problem.num_states, dim)
   overrides = {k: v for k, v in config.model.to_dict().items() if k != 'preset' and v is not None}
   with configs.section('model'):
     model_cfg = model_lib.preset(config.model.preset, vocab_size=codec.vocab_size, **overrides)
@@ -137,7 +140,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
       f'config.outer.num_labels={outer.num_labels} exceeds the pool of {pool} generations per round '
       f'(inner.num_iterations x outer.num_seeds x decoding settings per seed).'
     )
-  return Setup(params, initial, ga_cfg, ga_steps, codec, model_cfg, loop_cfg)
+  return Setup(problem, ga_cfg, ga_steps, codec, model_cfg, loop_cfg)
 
 
 def _initial_state(setup: Setup, config, seeds):
@@ -158,16 +161,20 @@ def _initial_state(setup: Setup, config, seeds):
   )
 
 
-def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh):
-  """Runs the seed GA and builds the state before round 1 on `mesh`.
+def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh, workdir: pathlib.Path | None = None):
+  """Runs the seed GA and builds the state before round 1 on `mesh`. With a user's scorer and a
+  `workdir` that can resume, the seed data is read back from it instead: a scorer is not called twice
+  for the same run.
 
   Returns:
     (graphdef, seed data (sequences, values, oracle calls), state, its shardings); the state is also
     the restore target of the run's checkpoints.
   """
-  seeds = common.seed_data(
-    setup.ehrlich_params, setup.initial_solution, setup.ga_cfg, setup.ga_steps, config.seed, mesh
-  )
+  seeds = None
+  if setup.problem.host is not None and workdir is not None:
+    seeds = common.saved_seed_data(workdir)
+  if seeds is None:
+    seeds = common.seed_data(setup.problem, setup.ga_cfg, setup.ga_steps, config.seed, mesh)
   graphdef, state = _initial_state(setup, config, seeds)
   return graphdef, seeds, state, outer_loop.state_shardings(state, mesh, fsdp=config.fsdp)
 
@@ -229,10 +236,11 @@ def run_experiment(
     workdir, config, overwrite=overwrite, outputs=_OUTPUTS, may_change=_MAY_CHANGE, budget=budget
   )
   checkpoints = workdir / 'checkpoints'
-  graphdef, seeds, state, state_sh = initial_state(setup, config, mesh)
+  graphdef, seeds, state, state_sh = initial_state(setup, config, mesh, workdir)
   metrics_path = workdir / 'metrics.jsonl'
 
-  state, rows = common.resume_or_start(workdir, state, state_sh, seeds, outer_loop.seed_metrics)
+  seed_metrics = functools.partial(outer_loop.seed_metrics, problem=setup.problem)
+  state, rows = common.resume_or_start(workdir, state, state_sh, seeds, seed_metrics)
   writer = common.is_writer()
 
   # ---------------------------------------------------------------- Rounds.
@@ -240,7 +248,7 @@ def run_experiment(
     state_sh,
     mesh,
     graphdef=graphdef,
-    ehrlich_params=setup.ehrlich_params,
+    problem=setup.problem,
     codec=setup.codec,
     cfg=setup.loop_cfg,
   )
@@ -262,8 +270,10 @@ def run_experiment(
     setup.loop_cfg, int(state.round), stop, config.rounds_per_chunk
   ):
     start = time.perf_counter()
-    state, (metrics, selection, values) = run(state, length, objective, epochs)
-    metrics, selection, values = jax.device_get((metrics, selection, values))
+    intact = f'the last checkpoint (round {int(state.round)}) is intact'
+    with common.oracle_failure(setup.problem, intact):
+      state, (metrics, selection, values) = run(state, length, objective, epochs)
+      metrics, selection, values = jax.device_get((metrics, selection, values))
     train.check_finite(
       {'nonfinite': metrics['train_nonfinite_steps']}, f'rounds {first}..{first + length - 1}'
     )
@@ -281,13 +291,13 @@ def run_experiment(
       )
     last = new_rows[-1]
     logging.info(
-      'round %d/%d (%s)  evaluations %d  regret best %.4f  round %.4f  edit %.3f  valid %.2f  (%.1f s)',
+      'round %d/%d (%s)  evaluations %d  best %.4f  regret best %s  edit %.3f  valid %.2f  (%.1f s)',
       last['round'],
       config.outer.num_rounds,
       objective,
       last['num_evaluations'],
+      last['best_value'],
       last['simple_regret_best'],
-      last['simple_regret_round'],
       last['mean_edit_hamming'],
       last['frac_generations_valid'],
       seconds,
@@ -295,8 +305,8 @@ def run_experiment(
 
   # ---------------------------------------------------------------- Outputs.
   name = {'sft': 'SFT', 'marge': 'MargE', 'dpo': 'DPO'}[setup.loop_cfg.schedule]
-  title = f'LLOME-{name}, {config.test_function.name or "sampled"} Ehrlich'
-  return common.write_summary(workdir, state, rows, title, write=writer)
+  title = f'LLOME-{name}, {common.problem_title(setup.problem, config)}'
+  return common.write_summary(workdir, setup.problem, state, rows, title, write=writer)
 
 
 if __name__ == '__main__':

@@ -28,7 +28,8 @@ class GAConfig:
   recombine_prob: float
   survival_quantile: float
   archive_capacity: int = 0
-  optimal_value: float = 1.0
+  optimal_value: float = 1.0  # NaN: unknown (a user's scorer), every regret NaN, no stop at the optimum.
+  value_floor: float = 0.0  # Regret counts f below it as the floor: 0 for Ehrlich, -inf for a scorer.
 
   def __post_init__(self):
     if self.num_particles < 1:
@@ -65,11 +66,14 @@ class GAState:
   archive: archive_lib.Archive
 
 
-def init(initial_solution_L: Int[Array, ' L'], *, cfg: GAConfig) -> GAState:
-  """All particles start as copies of the initial solution (holo's `_init_group`)."""
-  x_L = jnp.asarray(initial_solution_L).astype(cfg.token_dtype)
+def init(initial_solution: Int[Array, ' L'] | Int[Array, 'K L'], *, cfg: GAConfig) -> GAState:
+  """All particles start as copies of the initial solution (holo's `_init_group`); given K initial
+  sequences [K, L], particle p starts as sequence p mod K."""
+  initial = jnp.asarray(initial_solution).astype(cfg.token_dtype)
+  initial_KxL = initial if initial.ndim == 2 else initial[None, :]
+  x_L = initial_KxL[0]
   return GAState(
-    particles_PxL=jnp.tile(x_L[None, :], (cfg.num_particles, 1)),
+    particles_PxL=initial_KxL[jnp.arange(cfg.num_particles) % initial_KxL.shape[0]],
     best_solution_L=x_L,
     best_value=jnp.array(-jnp.inf, jnp.float32),
     cumulative_regret=jnp.zeros((), jnp.float32),
@@ -121,8 +125,9 @@ def _next_generation(key: PRNGKeyArray, particles_PxL, losses_P, *, cfg: GAConfi
 
 
 def _regret(cfg: GAConfig, value: Array) -> Array:
-  """Simple regret of a value; an infeasible value (-inf) counts as f = 0, so regret 1."""
-  return cfg.optimal_value - jnp.maximum(value, 0.0)
+  """Simple regret of a value; f below `value_floor` counts as the floor (for Ehrlich, an infeasible
+  -inf counts as f = 0, so regret 1)."""
+  return cfg.optimal_value - jnp.maximum(value, cfg.value_floor)
 
 
 def tell(
@@ -154,6 +159,7 @@ def tell(
   metrics = {
     'step': state.step,
     'num_evaluations': new_state.num_evaluations,
+    'best_value': best_value,
     'simple_regret_best': regret_best,
     'simple_regret_last': _regret(cfg, values_P[best_index]),
     'cumulative_regret': cumulative_regret,
@@ -188,6 +194,7 @@ def run(
       return state, {
         'step': state.step - 1,
         'num_evaluations': state.num_evaluations,
+        'best_value': state.best_value,
         'simple_regret_best': regret,
         'simple_regret_last': regret,
         'cumulative_regret': state.cumulative_regret,

@@ -93,9 +93,13 @@ def plot_regret(
   from matplotlib import pyplot as plt
 
   evaluations = [row['num_evaluations'] for row in rows]
+
+  def series(key):  # A null (an infeasible-only start of a scorer with floor -inf) is a gap.
+    return [math.nan if row[key] is None else row[key] for row in rows]
+
   fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-  ax.plot(evaluations, [row['simple_regret_best'] for row in rows], label='best so far')
-  ax.plot(evaluations, [row[last_key] for row in rows], alpha=0.5, label=last_label)
+  ax.plot(evaluations, series('simple_regret_best'), label='best so far')
+  ax.plot(evaluations, series(last_key), alpha=0.5, label=last_label)
   ax.set_xscale('log')
   ax.set_ylim(-0.02, 1.02)
   ax.set_xlabel('oracle calls')
@@ -103,6 +107,29 @@ def plot_regret(
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
+  fig.tight_layout()
+  tmp = path.with_name('tmp_' + path.name)
+  fig.savefig(tmp)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def plot_best_value(rows: list[dict], path: pathlib.Path, *, title: str) -> None:
+  """Best value so far against cumulative oracle calls (log-x): the plot for a scorer whose optimum is
+  unknown, where regret is undefined."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+
+  points = [(row['num_evaluations'], row['best_value']) for row in rows if row.get('best_value') is not None]
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  ax.plot([x for x, _ in points], [y for _, y in points], label='best so far')
+  ax.set_xscale('log')
+  ax.set_xlabel('oracle calls')
+  ax.set_ylabel('best value')
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
   fig.tight_layout()
   tmp = path.with_name('tmp_' + path.name)
   fig.savefig(tmp)

@@ -15,9 +15,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from llome_jax import archive as archive_lib
 from llome_jax import codec as codec_lib
-from llome_jax import inner_loop, labelling, pairs, round_metrics, sharding, train
+from llome_jax import inner_loop, labelling, oracle, pairs, round_metrics, sharding, train
 from llome_jax import model as model_lib
-from llome_jax.test_functions import ehrlich
 
 SCHEDULES = ('sft', 'marge', 'dpo')
 
@@ -139,12 +138,16 @@ def init(
   )
 
 
-def seed_metrics(state: OuterState) -> dict[str, Array]:
-  """The round-0 row: regret and feasibility of the seed data."""
-  regret, _ = round_metrics.regrets(state.labelled_values_C, state.labelled_where_C, jnp.inf)
+def seed_metrics(state: OuterState, problem: oracle.Problem | None = None) -> dict[str, Array]:
+  """The round-0 row: regret and feasibility of the seed data (of an Ehrlich function by default)."""
+  optimum = (
+    {} if problem is None else {'optimal_value': problem.optimal_value, 'value_floor': problem.value_floor}
+  )
+  regret, _ = round_metrics.regrets(state.labelled_values_C, state.labelled_where_C, jnp.inf, **optimum)
   return {
     'round': state.round,
     'num_evaluations': state.num_evaluations,
+    'best_value': state.best_value,
     'simple_regret_best': regret,
     'simple_regret_round': regret,
     'frac_labelled_feasible': round_metrics.feasible_fraction(
@@ -216,33 +219,28 @@ def _train(key, params, dataset, *, graphdef, cfg: LoopConfig, objective: str, e
   }
 
 
-def _evaluator(ehrlich_params, mesh: Mesh | None):
-  """f of a batch of rows, each row evaluated once: on a mesh, each device (and process) evaluates its
-  own share of the rows, so an oracle call is made once per sequence however many devices run."""
-  evaluate = functools.partial(ehrlich.evaluate, ehrlich_params)
-  return evaluate if mesh is None else sharding.per_shard(mesh, evaluate)
-
-
 def _generation_metrics(key, gens: inner_loop.Generations, *, evaluate, shift) -> dict[str, Array]:
-  """Validity, edits and diversity of the pool. f of unlabelled generations is a diagnostic only."""
+  """Validity, edits and diversity of the pool. f of unlabelled generations is a diagnostic only, and
+  with `evaluate` None (a user's scorer, whose every call counts) it is not computed: frac_improved is
+  NaN."""
   length = gens.outputs_IxRxL.shape[-1]
   inputs_NxL, outputs_NxL = gens.inputs_IxRxL.reshape(-1, length), gens.outputs_IxRxL.reshape(-1, length)
   valid_N = gens.valid_IxR.reshape(-1)
   live_N = jnp.broadcast_to(gens.where_R, gens.valid_IxR.shape).reshape(-1)
-  edits = round_metrics.edit_stats(
-    inputs_NxL,
-    outputs_NxL,
-    evaluate(inputs_NxL),
-    evaluate(outputs_NxL),
-    valid_N,
-  )
+  if evaluate is None:
+    unknown_N = jnp.full(valid_N.shape, jnp.nan, jnp.float32)
+    edits = round_metrics.edit_stats(inputs_NxL, outputs_NxL, unknown_N, unknown_N, valid_N)
+  else:
+    edits = round_metrics.edit_stats(
+      inputs_NxL, outputs_NxL, evaluate(inputs_NxL), evaluate(outputs_NxL), valid_N
+    )
   diversity = round_metrics.diversity(outputs_NxL, valid_N, key)
   return {
     'num_generations': jnp.sum(live_N, dtype=jnp.int32),
     'frac_generations_valid': jnp.sum(valid_N) / jnp.maximum(jnp.sum(live_N), 1),
     'mean_edit_hamming': edits.mean_hamming,
     'frac_copied': edits.copy_fraction,
-    'frac_improved': edits.improved_fraction,
+    'frac_improved': edits.improved_fraction if evaluate is not None else jnp.float32(jnp.nan),
     'pool_mean_pairwise_hamming': diversity.mean_pairwise_hamming,
     'pool_num_unique': diversity.num_unique,
     'temperature_shift': shift,
@@ -268,7 +266,7 @@ def round_step(
   state: OuterState,
   *,
   graphdef: nnx.GraphDef,
-  ehrlich_params: ehrlich.EhrlichParams,
+  problem: oracle.Problem,
   codec: codec_lib.CompactCodec,
   cfg: LoopConfig,
   objective: str,
@@ -278,7 +276,8 @@ def round_step(
   """One round: pairs -> `epochs` epochs of `objective` -> inner loop -> label selection -> oracle.
 
   The only oracle calls that the algorithm sees are on the selected sequences; f of the other
-  generations enters `frac_improved` alone, a logged diagnostic. With a `mesh`, training is
+  generations enters `frac_improved` alone, a logged diagnostic computed for Ehrlich functions only
+  (a user's scorer is called on the selected sequences and nothing else). With a `mesh`, training is
   data-parallel (each batch split across the data axis); with `cfg.split_rows` too, the row-wise work
   (decoding the inner loop, reference log-probs) is split as well.
 
@@ -311,8 +310,9 @@ def round_step(
   gens = inner_loop.run(
     inner_key, graphdef, params, seeds_SxL, seed_where_S, shift, codec=codec, cfg=cfg.inner, mesh=rows_mesh
   )
-  evaluate = _evaluator(ehrlich_params, mesh)
-  metrics |= _generation_metrics(diversity_key, gens, evaluate=evaluate, shift=shift)
+  evaluate = problem.evaluator(mesh)
+  diagnostic = evaluate if problem.host is None else None
+  metrics |= _generation_metrics(diversity_key, gens, evaluate=diagnostic, shift=shift)
 
   # ------------------------------------------------------------------ Label n generations.
   length = seeds_SxL.shape[-1]
@@ -324,10 +324,14 @@ def round_step(
     state.history,
     cfg=cfg.select,
   )
-  values_N = jnp.where(selection.where_N, evaluate(selection.seqs_NxL), -jnp.inf)
+  values_N = evaluate(selection.seqs_NxL, selection.where_N)
   num_labelled = jnp.sum(selection.where_N, dtype=jnp.int32)
   regret_round, regret_best = round_metrics.regrets(
-    values_N, selection.where_N, 1.0 - jnp.maximum(state.best_value, 0.0)
+    values_N,
+    selection.where_N,
+    problem.regret(state.best_value),
+    optimal_value=problem.optimal_value,
+    value_floor=problem.value_floor,
   )
   calibration = round_metrics.calibration(
     selection.likelihood_N, values_N, selection.where_N, num_bins=cfg.num_calibration_bins
@@ -351,6 +355,7 @@ def round_step(
   metrics |= {
     'round': new_state.round,
     'num_evaluations': new_state.num_evaluations,
+    'best_value': new_state.best_value,
     'simple_regret_best': regret_best,
     'simple_regret_round': regret_round,
     'cumulative_regret': new_state.cumulative_regret,

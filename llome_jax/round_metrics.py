@@ -280,19 +280,23 @@ def regrets(
   best_so_far_regret: Float[Array, ''],
   *,
   optimal_value: float = 1.0,
+  value_floor: float = 0.0,
 ) -> tuple[Array, Array]:
   """Simple regret of this round and the updated best-so-far regret.
 
-  round = optimal_value - max(0, max f over the masked values), infeasible (-inf) counting as f = 0,
-  so an empty or all-infeasible round has regret `optimal_value`. best = min(best_so_far_regret,
-  round); start from `optimal_value` (or +inf) before the first round. Only labelled values may be
-  passed here for the reported (oracle-call) regret.
+  round = optimal_value - max(value_floor, max f over the masked values). With the Ehrlich floor 0,
+  infeasible (-inf) counts as f = 0, so an empty or all-infeasible round has regret `optimal_value`;
+  a user's scorer has floor -inf (its values may be negative) and, with its optimum unknown, NaN
+  regrets. best = min(best_so_far_regret, round); start from `optimal_value` (or +inf) before the
+  first round. Only labelled values may be passed here for the reported (oracle-call) regret.
 
   Returns:
     (round_regret, best_so_far_regret), float32 scalars.
   """
   values_N, where_N = jnp.asarray(values_N), jnp.asarray(where_N, bool)
-  best_value = jnp.max(jnp.where(where_N & jnp.isfinite(values_N), values_N, 0.0), initial=0.0)
+  best_value = jnp.max(
+    jnp.where(where_N & jnp.isfinite(values_N), values_N, value_floor), initial=value_floor
+  )
   round_regret = (optimal_value - best_value).astype(jnp.float32)
   return round_regret, jnp.minimum(jnp.asarray(best_so_far_regret, jnp.float32), round_regret)
 

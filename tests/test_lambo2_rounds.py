@@ -1,14 +1,12 @@
 """LaMBO-2 rounds: the oracle is paid once per new proposal, and a round on 8 devices equals one on 1."""
 
-import functools
-
 import jax
 import lambo2_problem
 import numpy as np
 import pytest
 
 from llome_jax import archive as archive_lib
-from llome_jax import sharding
+from llome_jax import oracle, sharding
 from llome_jax.lambo2 import rounds
 from llome_jax.test_functions import ehrlich
 
@@ -18,8 +16,8 @@ def _round_on(num_devices: int):
   seqs, values = problem['seqs'][:150], problem['values'][:150]
   state = rounds.init(jax.random.key(7), seqs, values, 400, history_capacity=150 + 2 * 24)
   mesh = sharding.make_mesh(num_devices)
-  evaluate = sharding.per_shard(mesh, functools.partial(ehrlich.evaluate, problem['params']))
-  run = rounds.jit_round(mesh, state, evaluate=evaluate, cfg=problem['round'])
+  ehrlich_problem = oracle.ehrlich_problem(problem['params'], seqs.shape[1])
+  run = rounds.jit_round(mesh, state, problem=ehrlich_problem, cfg=problem['round'])
   before = jax.device_get(state)  # The run donates its input state.
   return before, jax.device_get(run(sharding.put(state, sharding.replicated(mesh))))
 

@@ -50,7 +50,7 @@ def test_outputs_and_oracle_accounting(uninterrupted):
     assert len(data['values']) == row['num_labelled'] <= config.outer.num_labels
     assert row['num_evaluations'] == ga_calls + sum(r['num_labelled'] for r in rows[1 : row['round'] + 1])
     np.testing.assert_array_equal(
-      data['values'], np.asarray(ehrlich.evaluate(setup.ehrlich_params, data['sequences']))
+      data['values'], np.asarray(ehrlich.evaluate(setup.problem.ehrlich_params, data['sequences']))
     )
     labelled_seqs.append(data['sequences'])
     # Constrained decoding: every generation is valid.
@@ -69,7 +69,7 @@ def test_outputs_and_oracle_accounting(uninterrupted):
   assert summary == json.loads((workdir / 'best.json').read_text())
   assert summary['best_value'] == pytest.approx(best)
   assert (
-    float(ehrlich.evaluate(setup.ehrlich_params, np.asarray(summary['best_solution'])))
+    float(ehrlich.evaluate(setup.problem.ehrlich_params, np.asarray(summary['best_solution'])))
     == summary['best_value']
   )
   assert (workdir / 'regret.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llome_jax import archive, ga, inner_loop, labelling, outer_loop, pairs, sharding, train
+from llome_jax import archive, ga, inner_loop, labelling, oracle, outer_loop, pairs, sharding, train
 from llome_jax import codec as codec_lib
 from llome_jax import model as model_lib
 from llome_jax.test_functions import ehrlich
@@ -72,7 +72,7 @@ def problem():
     state_sh,
     mesh,
     graphdef=graphdef,
-    ehrlich_params=params,
+    problem=oracle.ehrlich_problem(params, _LENGTH),
     codec=codec,
     cfg=cfg,
   )
@@ -196,7 +196,7 @@ def _one_round_on(problem, mesh, *, split_rows: bool):
     state_sh,
     mesh,
     graphdef=problem['graphdef'],
-    ehrlich_params=problem['params'],
+    problem=oracle.ehrlich_problem(problem['params'], _LENGTH),
     codec=problem['codec'],
     cfg=cfg,
   )

@@ -47,6 +47,14 @@ def get_config() -> ml_collections.ConfigDict:
   # that has none (the shipped ones all have one). None: 0.
   config.test_function.seed = config_dict.placeholder(int)
 
+  # A scorer of your own instead of the Ehrlich function (see README, "Your own oracle"): with `target`
+  # set, the test_function section must keep its defaults.
+  config.oracle = ml_collections.ConfigDict()
+  config.oracle.target = ''  # MODULE:FUNCTION or PATH.py:FUNCTION, score(list[str]) -> array [n].
+  config.oracle.alphabet = ''  # 'protein', 'dna', 'rna' or the characters ('ACGT'); token i = character i.
+  config.oracle.initial_sequences = ''  # FASTA, or CSV with `sequence` and optional `value` columns.
+  config.oracle.optimal_value = config_dict.placeholder(float)  # None: unknown, regrets are null.
+
   config.ga = ml_collections.ConfigDict()
   config.ga.num_particles = 1000
   config.ga.mutation_prob = 0.005

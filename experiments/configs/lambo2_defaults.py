@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   base = ga_ehrlich.get_config()
   config.test_function = base.test_function
+  config.oracle = base.oracle  # A scorer of your own instead of test_function (README).
   config.ga = base.ga
 
   config.network = ml_collections.ConfigDict()

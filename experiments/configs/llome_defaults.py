@@ -22,10 +22,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.rounds_per_chunk = 1  # Rounds per jitted lax.scan call; a checkpoint and log line after each.
   config.keep_checkpoints = 2
 
-  # The test function and the GA that makes the round-0 seed data, exactly as the GA baseline binary
+  # The test function (or a scorer of your own, `oracle`) and the GA that makes the round-0 seed data,
+  # exactly as the GA baseline binary
   # (experiments/configs/ga_ehrlich.py): f2 and 1,000 particles x 10 generations by default.
   base = ga_ehrlich.get_config()
   config.test_function = base.test_function
+  config.oracle = base.oracle
   config.ga = base.ga
 
   config.model = ml_collections.ConfigDict()

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from llome_jax import archive as archive_lib
-from llome_jax import round_metrics, sharding
+from llome_jax import oracle, round_metrics, sharding
 from llome_jax.lambo2 import acquisition, guidance, network, selection, training
 
 
@@ -77,13 +77,17 @@ def init(
   )
 
 
-def seed_metrics(state: State) -> dict[str, Array]:
-  """The round-0 row, with the keys of the LLOME binary's round 0."""
+def seed_metrics(state: State, problem: oracle.Problem | None = None) -> dict[str, Array]:
+  """The round-0 row, with the keys of the LLOME binary's round 0 (an Ehrlich function by default)."""
   held = jnp.arange(state.history.capacity) < state.history.count
-  regret, _ = round_metrics.regrets(state.history.values_C, held, jnp.inf)
+  optimum = (
+    {} if problem is None else {'optimal_value': problem.optimal_value, 'value_floor': problem.value_floor}
+  )
+  regret, _ = round_metrics.regrets(state.history.values_C, held, jnp.inf, **optimum)
   return {
     'round': state.round,
     'num_evaluations': state.num_evaluations,
+    'best_value': state.best_value,
     'simple_regret_best': regret,
     'simple_regret_round': regret,
     'frac_labelled_feasible': round_metrics.feasible_fraction(state.history.values_C, held),
@@ -102,14 +106,14 @@ def _train(key, history: archive_lib.Archive, cfg: RoundConfig):
 
 
 def round_step(
-  state: State, *, evaluate, cfg: RoundConfig, mesh: Mesh | None = None
+  state: State, *, problem: oracle.Problem, cfg: RoundConfig, mesh: Mesh | None = None
 ) -> tuple[State, tuple[dict[str, Array], Array, Array, Array]]:
   """One round: train -> starting pool -> guided proposals -> label the new ones.
 
   Args:
     state: the loop state.
-    evaluate: the oracle, a row-wise batch function (rows [B, L] -> values [B], -inf infeasible); with
-      a mesh, each device evaluates its own rows (`sharding.per_shard`).
+    problem: the oracle (an Ehrlich function, or a user's scorer called on the new proposals only);
+      on a mesh, an Ehrlich function is evaluated on each device's own rows.
     cfg: the round's settings.
     mesh: when given, the starts (and all guided work on them) are split across its data axis; the
       network trains replicated (it is small: splitting its batches would only reorder float sums, and
@@ -145,9 +149,15 @@ def round_step(
   new_S = round_metrics.first_occurrences(proposals_SxL, real_S) & ~archive_lib.contains(
     history, proposals_SxL
   )
-  values_S = jnp.where(new_S, evaluate(proposals_SxL), -jnp.inf)
+  values_S = problem.evaluator(mesh)(proposals_SxL, new_S)
   num_labelled = jnp.sum(new_S, dtype=jnp.int32)
-  regret_round, regret_best = round_metrics.regrets(values_S, new_S, 1.0 - jnp.maximum(state.best_value, 0.0))
+  regret_round, regret_best = round_metrics.regrets(
+    values_S,
+    new_S,
+    problem.regret(state.best_value),
+    optimal_value=problem.optimal_value,
+    value_floor=problem.value_floor,
+  )
   best = jnp.argmax(values_S)
   improved = values_S[best] > state.best_value
   new_state = state.replace(
@@ -162,6 +172,7 @@ def round_step(
   metrics |= {
     'round': new_state.round,
     'num_evaluations': new_state.num_evaluations,
+    'best_value': new_state.best_value,
     'simple_regret_best': regret_best,
     'simple_regret_round': regret_round,
     'cumulative_regret': new_state.cumulative_regret,
@@ -176,12 +187,12 @@ def round_step(
   return new_state, (metrics, proposals_SxL, values_S, new_S)
 
 
-def jit_round(mesh: Mesh, state: State, *, evaluate, cfg: RoundConfig):
+def jit_round(mesh: Mesh, state: State, *, problem: oracle.Problem, cfg: RoundConfig):
   """`round_step` jitted with the state replicated on `mesh` (in and out), the state donated."""
   replicated = jax.tree.map(lambda _: sharding.replicated(mesh), state)
 
   def run(state):
-    return round_step(state, evaluate=evaluate, cfg=cfg, mesh=mesh)
+    return round_step(state, problem=problem, cfg=cfg, mesh=mesh)
 
   return jax.jit(
     run, in_shardings=(replicated,), out_shardings=(replicated, sharding.replicated(mesh)), donate_argnums=0
