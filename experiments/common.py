@@ -282,6 +282,15 @@ def saved_seed_data(workdir: pathlib.Path):
     return data['sequences'], data['values'], int(rows[0]['num_evaluations'])
 
 
+def _initial_best(problem: oracle.Problem, seed_file: pathlib.Path) -> float:
+  """The best value among the initial sequences, as round 0 recorded them in seed_data.npz (which
+  also holds the seed GA's sequences): a resumed run does not score them again."""
+  with np.load(seed_file) as data:
+    seqs, values = data['sequences'], data['values']
+  initial = {row.tobytes() for row in problem.initial_KxL.astype(seqs.dtype)}
+  return float(max(v for row, v in zip(seqs, values, strict=True) if row.tobytes() in initial))
+
+
 def write_summary(
   workdir: pathlib.Path, problem, state, rows: list[dict], title: str, *, write: bool
 ) -> dict:
@@ -290,7 +299,7 @@ def write_summary(
   `rows` are the run's metrics rows. Returns the summary written as best.json."""
   out = summary(problem, state, rows) | {'num_rounds': int(state.round)}
   if problem.host is not None:
-    out['initial_best_value'] = rows[0]['best_value']
+    out['initial_best_value'] = _initial_best(problem, workdir / 'seed_data.npz')
   if write:
     metrics_io.write_json(workdir / 'best.json', out)
     plot_progress(problem, rows, workdir, title, last_key='simple_regret_round', last_label='this round')

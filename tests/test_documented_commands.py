@@ -58,6 +58,10 @@ RUN_BY = {
   ),
   r'^\.venv/bin/python -m experiments\.lambo2 --config=experiments/configs/lambo2_f2\.py ': 'test_documented_lambo2.py::test_readme_lambo2',
   r'^\.venv/bin/python benchmarks/lambo2_speed\.py': 'test_documented_lambo2.py::test_build_lambo2_benchmark',
+  r'^mkdir -p runs$': 'test_documented_oracle.py::test_readme_own_oracle',
+  r'^\.venv/bin/python -m experiments\.(ga_baseline|llome) --config=experiments/configs/oracle_(ga|llome)\.py ': (
+    'test_documented_oracle.py::test_readme_own_oracle'
+  ),
   r'^XLA_FLAGS=--xla_force_host_platform_device_count=8 ': 'test_build_eight_fake_devices',
   r'^\.venv/bin/python -c "import jax; ': 'test_build_device_listing',
   r'^\.venv/bin/python benchmarks/ehrlich_memory\.py$': 'test_build_memory_benchmark',
@@ -252,6 +256,8 @@ _BAD_INPUT_PREFIXES = {
   'GA': '.venv/bin/python -m experiments.ga_baseline --config=experiments/configs/ga_ehrlich.py --workdir=DIR',
   'LLOME': '.venv/bin/python -m experiments.llome --config=experiments/configs/smoke.py --workdir=DIR',
   'LAMBO2': '.venv/bin/python -m experiments.lambo2 --config=experiments/configs/lambo2_f2.py --workdir=DIR',
+  'ORACLE_GA': '.venv/bin/python -m experiments.ga_baseline --config=experiments/configs/oracle_ga.py --workdir=DIR',
+  'ORACLE_LLOME': '.venv/bin/python -m experiments.llome --config=experiments/configs/oracle_llome.py --workdir=DIR',
 }
 
 
