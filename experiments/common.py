@@ -160,6 +160,11 @@ def resolve_problem(config: ml_collections.ConfigDict, defaults: ml_collections.
   if not section.target:
     params, dim, initial = resolve_test_function(config.test_function)
     return oracle.ehrlich_problem(params, dim, initial)
+  if jax.process_count() > 1:
+    raise ValueError(
+      f'oracle.target={section.target!r}: a scorer of your own runs in one process (each process would '
+      'score the initial sequences itself); run it on one host, with any number of its devices.'
+    )
   with configs.section('oracle'):
     alphabet = oracle.resolve_alphabet(section.alphabet)
     score = oracle.load_target(section.target)

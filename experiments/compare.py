@@ -65,7 +65,10 @@ def load_run(workdir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   if np.any(np.diff(evaluations) < 0):
     raise ValueError(f'{path}: num_evaluations decreases; rows must be in the order they were run.')
   if np.all(np.isnan(regrets)):
-    raise ValueError(f'{path}: every simple_regret_best is null; there is nothing to draw.')
+    raise ValueError(
+      f'{path}: every simple_regret_best is null; there is nothing to draw. (A run on a scorer of your own '
+      'has no regret without oracle.optimal_value; its best_value column and best_value.png show progress.)'
+    )
   return evaluations, regrets
 
 

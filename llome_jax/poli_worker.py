@@ -13,7 +13,8 @@ Protocol: one JSON object per line each way, request then reply, in order.
   {"op": "close"} -> the worker exits (so does end of input: the parent went away).
   Any failure -> {"ok": false, "error": "TypeName: message", "traceback": "..."}; the worker stays up.
 Values are numbers, or the strings "-inf", "inf" and "nan": strict JSON has no non-finite numbers, and
--inf (an infeasible sequence) must survive the trip.
+-inf (an infeasible sequence) must survive the trip. Create arguments are Python's JSON, whose -Infinity
+and NaN both ends read (a black box's return_value_on_unfeasible=-inf, say).
 
 poli's input convention (poli.core.abstract_black_box.AbstractBlackBox.__call__, poli-core 1.3.1): an
 aligned black box (info.sequences_are_aligned()) takes x of shape [b, L], one character per cell, and
@@ -49,7 +50,7 @@ def decode_values(items) -> np.ndarray:
 
 
 def send(stream, message: dict) -> None:
-  stream.write(json.dumps(message, allow_nan=False) + '\n')
+  stream.write(json.dumps(message) + '\n')
   stream.flush()
 
 

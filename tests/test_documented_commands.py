@@ -37,9 +37,9 @@ NOT_RUN_HERE = {
   r'^\.venv/bin/python -m pytest ': 'the test suite itself (CI runs the README test command)',
   r'^gcloud compute tpus tpu-vm ssh ': 'needs a TPU pod slice',
   r'^srun ': 'needs a SLURM cluster',
-  r'^bash benchmarks/make_(holo|hf)_venv\.sh$': (
-    'installs torch and the reference (pytorch-holo, transformers) in their own venv: minutes of '
-    'downloads. The benchmark commands below run against it when it is present.'
+  r'^bash benchmarks/make_(holo|hf|poli)_venv\.sh$': (
+    'installs the references (torch and pytorch-holo, transformers, poli-core) in venvs of their own: '
+    'minutes of downloads. The commands that use them run below when the venv is present.'
   ),
 }
 
@@ -59,9 +59,10 @@ RUN_BY = {
   r'^\.venv/bin/python -m experiments\.lambo2 --config=experiments/configs/lambo2_f2\.py ': 'test_documented_lambo2.py::test_readme_lambo2',
   r'^\.venv/bin/python benchmarks/lambo2_speed\.py': 'test_documented_lambo2.py::test_build_lambo2_benchmark',
   r'^mkdir -p runs$': 'test_documented_oracle.py::test_readme_own_oracle',
-  r'^\.venv/bin/python -m experiments\.(ga_baseline|llome) --config=experiments/configs/oracle_(ga|llome)\.py ': (
-    'test_documented_oracle.py::test_readme_own_oracle'
-  ),
+  r'^\.venv/bin/python -m experiments\.(ga_baseline|llome) --config=experiments/configs/oracle_(ga|llome)\.py '
+  r'--workdir=runs/my_': 'test_documented_oracle.py::test_readme_own_oracle',
+  r'^\.venv/bin/python -m llome_jax\.poli_bridge x0 ': 'test_documented_oracle.py::test_readme_poli',
+  r'--workdir=runs/poli_aloha ': 'test_documented_oracle.py::test_readme_poli',
   r'^XLA_FLAGS=--xla_force_host_platform_device_count=8 ': 'test_build_eight_fake_devices',
   r'^\.venv/bin/python -c "import jax; ': 'test_build_device_listing',
   r'^\.venv/bin/python benchmarks/ehrlich_memory\.py$': 'test_build_memory_benchmark',

@@ -9,6 +9,8 @@ import re
 import pytest
 from test_documented_commands import REPO, _documented, _rows, _run
 
+POLI_PYTHON = REPO / '.venv-poli' / 'bin' / 'python'
+
 
 @pytest.mark.slow
 def test_readme_own_oracle(tmp_path):
@@ -25,3 +27,16 @@ def test_readme_own_oracle(tmp_path):
     assert len(best['best_sequence']) == 24 and 'PP' not in best['best_sequence']
     rows = _rows(tmp_path / 'runs' / workdir)
     assert rows[-1]['num_evaluations'] == best['num_evaluations'] and rows[-1]['simple_regret_best'] is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POLI_PYTHON.exists(), reason='no .venv-poli (bash benchmarks/make_poli_venv.sh)')
+def test_readme_poli(tmp_path):
+  """README's poli commands: aloha's x0 written as FASTA, then the GA on aloha through the bridge."""
+  (tmp_path / 'runs').mkdir()
+  _run(_documented(r'llome_jax\.poli_bridge x0 '), tmp_path)
+  assert (tmp_path / 'runs' / 'aloha_x0.fasta').read_text().split() == ['>x0_0', 'ALOOF']
+  _run(_documented(r'--workdir=runs/poli_aloha '), tmp_path)
+  best = json.loads((tmp_path / 'runs' / 'poli_aloha' / 'best.json').read_text())
+  assert best['best_value'] > best['initial_best_value'] == 3
+  assert best['simple_regret_best'] == 5 - best['best_value']

@@ -6,8 +6,9 @@ fraction of a protein, two prolines in a row infeasible) from 16 initial sequenc
 Point it at your own with --config.oracle.target=MODULE:FUNCTION (or PATH.py:FUNCTION),
 --config.oracle.initial_sequences=FILE (FASTA, or CSV with `sequence` and optional `value` columns)
 and --config.oracle.alphabet. Expected: 20 generations of 256 particles, 5,120 scorer calls plus the
-16 initial ones, in a few seconds; the best value rises from 0.21 (the best initial sequence) to about
-0.6-0.8. The optimum is unknown to the run (oracle.optimal_value unset), so regrets are null and
+16 initial ones, in about 15 s on 2 CPU cores; the best value rises from 0.21 (the best initial
+sequence) to 1.0 (24 hydrophobic residues) by about generation 18 with seed 0: the example scorer is
+easy. The optimum is unknown to the run (oracle.optimal_value unset), so regrets are null and
 best_value.png plots the best value.
 """
 

@@ -23,4 +23,3 @@ def get_config():
   config.ga.num_steps = 4
   config.ga.mutation_prob = 1 / 24
   return config
-
