@@ -1,6 +1,7 @@
 r"""Seconds per LaMBO-2 round on f2, and where they go: training, the starting pool, the guided steps.
 
-  python benchmarks/lambo2_speed.py [--config=experiments/configs/lambo2_f2.py] [--num_proposals=2000]
+  python benchmarks/lambo2_speed.py [--config=experiments/configs/lambo2_f2.py] [--num_proposals=2000] \
+      [--set=network.channels=64 ...]
 
 Starts from the LLOME binary's seed data (the f2 seed GA, 1,000 x 10) and times round 1 of the config
 (compiled first, then run) and each part of it compiled alone. The reference (cortex, PyTorch) is not
@@ -10,6 +11,7 @@ epochs, edit distance).
 """
 
 import argparse
+import ast
 import importlib.util
 import pathlib
 import sys
@@ -24,13 +26,20 @@ from llome_jax import sharding  # noqa: E402
 from llome_jax.lambo2 import acquisition, guidance, network, rounds, selection, training  # noqa: E402
 
 
-def _config(path: str, num_proposals: int):
+def _config(path: str, num_proposals: int, overrides: list[str]):
   spec = importlib.util.spec_from_file_location('benchmark_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
   config.num_proposals = num_proposals
   config.num_rounds = 1
+  for override in overrides:  # KEY.PATH=VALUE, the value a Python literal.
+    key, _, value = override.partition('=')
+    *sections, name = key.split('.')
+    node = config
+    for section in sections:
+      node = node[section]
+    node[name] = ast.literal_eval(value)
   return config
 
 
@@ -49,8 +58,15 @@ def main():
   parser.add_argument('--config', default='experiments/configs/lambo2_f2.py')
   parser.add_argument('--num_proposals', type=int, default=2000)
   parser.add_argument('--parts_only', action='store_true', help='Skip compiling and timing the whole round.')
+  parser.add_argument(
+    '--set',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='Change a config key (network.channels=64).',
+  )
   args = parser.parse_args()
-  config = _config(args.config, args.num_proposals)
+  config = _config(args.config, args.num_proposals, args.set)
   setup = lambo2.build_setup(config)
   cfg = setup.round_cfg
   mesh = sharding.make_mesh(1)

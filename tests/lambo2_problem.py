@@ -39,7 +39,7 @@ def toy():
     )
 
   net = network.NetworkConfig(
-    num_states=6, length=12, embed_dim=16, channels=32, ensemble_size=4, branch_channels=8
+    num_states=6, length=12, embed_dim=16, channels=32, ensemble_size=2, branch_channels=8
   )
   train = training.TrainConfig(epochs=6, batch_size=64, warmup_epochs=1)
   guide = guidance.GuideConfig(num_steps=3, num_mutations=4, num_updates=2)

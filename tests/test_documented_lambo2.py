@@ -11,6 +11,8 @@ _LAMBO2_SMALL = (
   '--config.guide.num_steps=2',
   '--config.train.epochs=2',
   '--config.ga.num_particles=200',
+  '--config.network.ensemble_size=2',
+  '--config.network.channels=32',
 )
 
 
@@ -30,5 +32,8 @@ def test_readme_lambo2(tmp_path):
 
 @pytest.mark.slow
 def test_build_lambo2_benchmark(tmp_path):
-  result = _run(_documented(r'benchmarks/lambo2_speed\.py'), tmp_path, ('--num_proposals=32', '--parts_only'))
+  small = ('--set=network.ensemble_size=2', '--set=network.channels=32', '--set=train.epochs=2')
+  result = _run(
+    _documented(r'benchmarks/lambo2_speed\.py'), tmp_path, ('--num_proposals=32', '--parts_only', *small)
+  )
   assert 'guided step' in result.stdout and 'train' in result.stdout

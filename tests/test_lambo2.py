@@ -22,7 +22,7 @@ def _config(**top):
   config.ga.num_particles, config.ga.num_steps = 128, 4
   config.num_rounds = 3
   config.num_proposals = 24
-  config.network.embed_dim, config.network.channels, config.network.ensemble_size = 16, 32, 4
+  config.network.embed_dim, config.network.channels, config.network.ensemble_size = 16, 32, 2
   config.train.epochs, config.train.warmup_epochs, config.train.batch_size = 3, 1, 64
   config.guide.num_steps, config.guide.num_mutations = 2, 4
   for key, value in top.items():
