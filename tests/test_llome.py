@@ -16,7 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 def _config(**top):
+  """The smoke run with 8 SFT epochs instead of 40: these tests check accounting, resumes and meshes,
+  not how well the policy learns (the README quick-start test runs the smoke config as shipped)."""
   config = smoke.get_config()
+  config.train.first_round_epochs = 8
   config.update(top)
   return config
 
