@@ -9,16 +9,14 @@ particles x 4 generations); then 3 rounds (1 SFT, 2 MargE) of at most 48 labels 
 called on the labelled sequences only. Expected: about a minute on 2 CPU cores, most of it compiling.
 """
 
-from experiments.configs import llome_defaults, smoke
+from experiments.configs import llome_defaults, oracle_ga, smoke
 
 
 def get_config():
   config = smoke.get_config()
   # A scorer replaces the test function, whose keys then stay at their defaults (smoke.py samples one).
   config.test_function = llome_defaults.get_config().test_function
-  config.oracle.target = 'experiments.oracle_example:score'
-  config.oracle.alphabet = 'protein'
-  config.oracle.initial_sequences = 'experiments/data/oracle_example.fasta'
+  config.oracle = oracle_ga.get_config().oracle  # The example scorer and its 16 initial sequences.
   config.ga.num_particles = 128
   config.ga.num_steps = 4
   config.ga.mutation_prob = 1 / 24
