@@ -108,6 +108,8 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   with configs.section('train.pref'):
     pref_optim = _optim(config.train.pref)
   outer = config.outer
+  if not 0.0 <= outer.mutant_fraction < 1.0:
+    raise ValueError(f'config.outer.mutant_fraction must lie in [0, 1), got {outer.mutant_fraction}.')
   with configs.section('outer'):
     select = labelling.SelectConfig(
       num_labels=outer.num_labels, likelihood_quantile=outer.likelihood_quantile
@@ -133,6 +135,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     first_round_epochs=config.train.first_round_epochs,
     epochs=config.train.epochs,
     split_rows=outer.split_rows,
+    num_mutants=round(outer.mutant_fraction * outer.num_labels),
   )
   pool = inner.num_iterations * outer.num_seeds * inner.rows_per_seed
   if outer.num_labels > pool:

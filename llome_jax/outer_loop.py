@@ -43,6 +43,11 @@ class LoopConfig:
       a fixed policy the split decodes exactly as one device does (tests/test_inner_loop.py); trained
       rounds differ across device counts with or without it, since training's reductions are
       mesh-ordered. Off by default until a multi-device accelerator run has exercised it.
+    num_mutants: of the round's `select.num_labels` labels, how many go to blind 2-site mutants of the
+      inner loop's seeds instead of the policy's generations (0: the paper's LLOME). Not in the paper:
+      a lever of issue 17, whose diagnosis found that the plateau needs a coordinated 2-site edit, which
+      a blind 2-site mutation proposes ~1e-4 of the time and the trained policy 1e-10 to 1e-7. Mutants
+      are oracle calls like any label, never repeat a labelled sequence, and stay out of calibration.
   """
 
   pairs: pairs.PairConfig
@@ -59,6 +64,7 @@ class LoopConfig:
   first_round_epochs: int = 1
   epochs: int = 1
   split_rows: bool = False
+  num_mutants: int = 0
 
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
@@ -69,6 +75,11 @@ class LoopConfig:
       raise ValueError(f'num_seeds={self.num_seeds} must lie in [1, pair capacity {self.pairs.capacity}].')
     if self.first_round_epochs < 1 or self.epochs < 1:
       raise ValueError('first_round_epochs and epochs must be >= 1.')
+    if not 0 <= self.num_mutants < self.select.num_labels:
+      raise ValueError(
+        f'num_mutants={self.num_mutants} must lie in [0, num_labels={self.select.num_labels}): the policy '
+        'keeps at least one label.'
+      )
 
   def training_of_round(self, round_index: int) -> tuple[str, int]:
     """(objective, epochs) of a round: round 1 is SFT for first_round_epochs; later rounds follow the
@@ -262,6 +273,43 @@ def _seeds(state: OuterState, found, num_seeds: int) -> tuple[Int[Array, 'S L'],
   return seeds_SxL.astype(jnp.int32), from_pairs_S | fill_where_S
 
 
+def two_site_mutants(
+  key: PRNGKeyArray, seeds_SxL: Int[Array, 'S L'], seed_where_S: Bool[Array, ' S'], num: int, num_states: int
+) -> tuple[Int[Array, 'M L'], Bool[Array, ' M']]:
+  """`num` blind mutants: each a uniformly drawn real seed with two distinct positions set to other
+  states, uniformly. Rows are unreal (False) when there is no real seed."""
+  seed_key, first_key, second_key, state_key = jax.random.split(key, 4)
+  length = seeds_SxL.shape[1]
+  logits_S = jnp.where(seed_where_S, 0.0, -jnp.inf)
+  rows_M = jax.random.categorical(seed_key, jnp.where(jnp.any(seed_where_S), logits_S, 0.0), shape=(num,))
+  first_M = jax.random.randint(first_key, (num,), 0, length)
+  second_M = (first_M + jax.random.randint(second_key, (num,), 1, length)) % length
+  shifts_Mx2 = jax.random.randint(state_key, (num, 2), 1, num_states)
+  mutants_MxL = seeds_SxL[rows_M]
+  for column, positions_M in enumerate((first_M, second_M)):
+    old_M = mutants_MxL[jnp.arange(num), positions_M]
+    mutants_MxL = mutants_MxL.at[jnp.arange(num), positions_M].set(
+      (old_M + shifts_Mx2[:, column]) % num_states
+    )
+  return mutants_MxL, jnp.broadcast_to(jnp.any(seed_where_S), (num,))
+
+
+def _with_mutants(key, selection: labelling.Selection, seeds_SxL, seed_where_S, history, *, num, num_states):
+  """The policy's selection followed by `num` mutant slots; a mutant already labelled, or repeating an
+  earlier row, is not labelled. Returns (the selection, which rows are the policy's)."""
+  mutants_MxL, mutant_where_M = two_site_mutants(key, seeds_SxL, seed_where_S, num, num_states)
+  seqs_NxL = jnp.concatenate([selection.seqs_NxL, mutants_MxL.astype(selection.seqs_NxL.dtype)])
+  where_N = jnp.concatenate([selection.where_N, mutant_where_M])
+  where_N = round_metrics.first_occurrences(seqs_NxL, where_N) & ~archive_lib.contains(history, seqs_NxL)
+  policy_N = jnp.arange(seqs_NxL.shape[0]) < selection.seqs_NxL.shape[0]
+  combined = selection.replace(
+    seqs_NxL=jnp.where(where_N[:, None], seqs_NxL, 0),
+    likelihood_N=jnp.concatenate([selection.likelihood_N, jnp.full((num,), jnp.nan, jnp.float32)]),
+    where_N=where_N,
+  )
+  return combined, policy_N
+
+
 def round_step(
   state: OuterState,
   *,
@@ -316,14 +364,26 @@ def round_step(
 
   # ------------------------------------------------------------------ Label n generations.
   length = seeds_SxL.shape[-1]
+  select_cfg = dataclasses.replace(cfg.select, num_labels=cfg.select.num_labels - cfg.num_mutants)
   selection = labelling.select(
     select_key,
     gens.outputs_IxRxL.reshape(-1, length),
     gens.mean_logp_IxR.reshape(-1),
     gens.valid_IxR.reshape(-1),
     state.history,
-    cfg=cfg.select,
+    cfg=select_cfg,
   )
+  policy_N = jnp.ones(selection.where_N.shape, bool)
+  if cfg.num_mutants:
+    selection, policy_N = _with_mutants(
+      jax.random.fold_in(select_key, 1),
+      selection,
+      seeds_SxL,
+      seed_where_S,
+      state.history,
+      num=cfg.num_mutants,
+      num_states=codec.num_states,
+    )
   values_N = evaluate(selection.seqs_NxL, selection.where_N)
   num_labelled = jnp.sum(selection.where_N, dtype=jnp.int32)
   regret_round, regret_best = round_metrics.regrets(
@@ -334,7 +394,10 @@ def round_step(
     value_floor=problem.value_floor,
   )
   calibration = round_metrics.calibration(
-    selection.likelihood_N, values_N, selection.where_N, num_bins=cfg.num_calibration_bins
+    jnp.where(policy_N, selection.likelihood_N, 0.0),
+    values_N,
+    selection.where_N & policy_N,
+    num_bins=cfg.num_calibration_bins,
   )
   best = jnp.argmax(values_N)
   improved = values_N[best] > state.best_value
@@ -360,6 +423,9 @@ def round_step(
     'simple_regret_round': regret_round,
     'cumulative_regret': new_state.cumulative_regret,
     'num_labelled': num_labelled,
+    'num_labelled_mutants': jnp.sum(selection.where_N & ~policy_N, dtype=jnp.int32),
+    'best_value_policy': jnp.max(jnp.where(selection.where_N & policy_N, values_N, -jnp.inf)),
+    'best_value_mutants': jnp.max(jnp.where(selection.where_N & ~policy_N, values_N, -jnp.inf)),
     'frac_labelled_feasible': round_metrics.feasible_fraction(values_N, selection.where_N),
     'num_pool_unique': selection.num_unique,
     'num_label_eligible': selection.num_eligible,

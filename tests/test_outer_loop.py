@@ -229,3 +229,37 @@ def test_a_round_on_8_devices_equals_one_device(problem, one_device_round, split
   chex.assert_trees_all_close(metrics_8, metrics_1, rtol=1e-5, atol=0)
   chex.assert_trees_all_close(selection_8, selection_1, rtol=1e-6, atol=0)
   chex.assert_trees_all_close(state_8.params, state_1.params, atol=1e-25, rtol=0)
+
+
+def test_two_site_mutants_edit_two_positions_of_a_real_seed():
+  seeds = jnp.asarray(np.random.default_rng(0).integers(0, _STATES, (5, _LENGTH)), jnp.int32)
+  where = jnp.asarray([False, True, False, True, False])
+  mutants, real = outer_loop.two_site_mutants(jax.random.key(0), seeds, where, 400, _STATES)
+  assert bool(jnp.all(real))
+  distances = np.asarray(jnp.sum(mutants[:, None, :] != seeds[None], axis=-1))  # [M, S]
+  assert np.all(distances[:, [1, 3]].min(axis=1) == 2)  # Each is two edits from a real seed.
+  assert np.all(np.asarray(mutants) < _STATES) and np.all(np.asarray(mutants) >= 0)
+  _, none = outer_loop.two_site_mutants(jax.random.key(0), seeds, jnp.zeros(5, bool), 4, _STATES)
+  assert not bool(jnp.any(none))
+
+
+def test_mutant_slots_never_repeat_a_label():
+  seeds = jnp.zeros((1, _LENGTH), jnp.int32)  # 2-site mutants of one seed collide often.
+  policy = labelling.Selection(
+    seqs_NxL=jnp.ones((3, _LENGTH), jnp.int32),
+    likelihood_N=jnp.zeros(3),
+    where_N=jnp.asarray([True, True, False]),
+    num_unique=jnp.int32(1),
+    num_eligible=jnp.int32(1),
+    threshold=jnp.float32(0.0),
+  )
+  mutants, _ = outer_loop.two_site_mutants(jax.random.key(1), seeds, jnp.ones(1, bool), 200, _STATES)
+  history = archive.add(archive.init(64, _LENGTH), mutants[:5], jnp.zeros(5))
+  combined, policy_N = outer_loop._with_mutants(
+    jax.random.key(1), policy, seeds, jnp.ones(1, bool), history, num=200, num_states=_STATES
+  )
+  rows = np.asarray(combined.seqs_NxL)[np.asarray(combined.where_N)]
+  assert len({tuple(r) for r in rows.tolist()}) == len(rows)  # No row twice, the policy's first.
+  assert np.asarray(combined.where_N)[0] and not np.asarray(combined.where_N)[1]
+  assert not set(map(tuple, np.asarray(mutants[:5]).tolist())) & set(map(tuple, rows.tolist()))
+  assert np.asarray(policy_N).sum() == 3 and np.isnan(np.asarray(combined.likelihood_N)[3:]).all()

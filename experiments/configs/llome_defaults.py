@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.outer.temperature_scaling = True
   config.outer.num_calibration_bins = 10
   config.outer.split_rows = False  # Decode each device's own rows on a multi-device mesh (see LoopConfig).
+  # Fraction of each round's labels given to blind 2-site mutants of the seeds, not the policy's
+  # generations: 0 is the paper's LLOME (issue 17's lever; see outer_loop.LoopConfig.num_mutants).
+  config.outer.mutant_fraction = 0.0
 
   config.pairs = ml_collections.ConfigDict()
   config.pairs.capacity = 4096  # Most pairs (or DPO triples) trained on per round.
