@@ -200,15 +200,13 @@ def oracle_failure(problem: oracle.Problem, intact: str):
   """Around a jitted call and the fetch of its results: if the user's scorer failed inside it, raises
   the scorer's OracleError, saying what survived (`intact`) and that rerunning the command resumes. The
   call's results (computed on -inf placeholders after the failure) are then discarded by the raise."""
-  context = f'The run stopped; {intact}. Fix the scorer and rerun the command to resume.'
   try:
     yield
-  except Exception:
+  finally:  # On success or on XLA's own error alike, a kept scorer failure is the one to report.
     if problem.host is not None:
-      problem.host.raise_if_failed(context)
-    raise
-  if problem.host is not None:
-    problem.host.raise_if_failed(context)
+      problem.host.raise_if_failed(
+        f'The run stopped; {intact}. Fix the scorer and rerun the command to resume.'
+      )
 
 
 def problem_title(problem: oracle.Problem, config: ml_collections.ConfigDict) -> str:

@@ -18,6 +18,7 @@ program's results and raises it (`raise_if_failed`), with the scorer's own messa
 
 import csv
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import math
@@ -29,6 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
+
+from llome_jax import round_metrics, sharding
+from llome_jax.test_functions import ehrlich
 
 ALPHABETS = {'protein': 'ACDEFGHIKLMNPQRSTVWY', 'dna': 'ACGT', 'rna': 'ACGU'}
 _FASTA_SUFFIXES = ('.fa', '.fasta', '.faa', '.fna', '.fas')
@@ -275,7 +279,7 @@ class HostOracle:
 class Problem:
   """What an optimiser needs to know about its oracle, for an Ehrlich function or a user's scorer.
 
-  `evaluate` is row-wise and jittable. An Ehrlich function is evaluated in XLA, split across a mesh
+  `evaluate` (derived from `ehrlich_params` or `host`) is row-wise and jittable. An Ehrlich function is evaluated in XLA, split across a mesh
   by `sharding.per_shard`; a user's scorer (`host`) goes through one io_callback per batch. Regret is
   `optimal_value - max(f, value_floor)`: an Ehrlich function counts an infeasible sequence as f = 0
   (floor 0, holo's convention); a scorer's values may be negative, so its floor is -inf, and its
@@ -284,7 +288,6 @@ class Problem:
 
   num_states: int
   dim: int
-  evaluate: Callable  # f32 [N] of int [N, L].
   initial_KxL: np.ndarray | None = None  # The starting sequences: the GA's population cycles over them.
   initial_values_K: np.ndarray | None = None  # Given values, NaN where the scorer must be called.
   optimal_value: float = 1.0
@@ -292,14 +295,17 @@ class Problem:
   host: HostOracle | None = None
   alphabet: str | None = None
   name: str = 'Ehrlich'
-  ehrlich_params: object = None  # The EhrlichParams of an Ehrlich problem (landscape diagnostics).
+  ehrlich_params: ehrlich.EhrlichParams | None = None  # Set for an Ehrlich problem, `host` otherwise.
+
+  @property
+  def evaluate(self) -> Callable:
+    """f32 [N] of int [N, L]: the Ehrlich function, or the scorer on the host (outside jit)."""
+    return self.host if self.host is not None else functools.partial(ehrlich.evaluate, self.ehrlich_params)
 
   def evaluator(self, mesh=None) -> Callable:
     """`evaluate(x_NxL, where_N=None)` for jitted code: rows outside `where_N` come back -inf and, for
     a user's scorer, are never sent to it. An Ehrlich function on a mesh evaluates each device's rows
     there; a scorer is called once per batch, on one device, whatever the mesh."""
-    from llome_jax import sharding
-
     if self.host is not None:
       scorer = self.host.jit_objective()
       if mesh is None:
@@ -323,6 +329,12 @@ class Problem:
     """Simple regret of a best value (jittable)."""
     return jnp.float32(self.optimal_value) - jnp.maximum(value, jnp.float32(self.value_floor))
 
+  def regrets(self, values_N, where_N, best_so_far_regret):
+    """`round_metrics.regrets` with this problem's optimum and floor."""
+    return round_metrics.regrets(
+      values_N, where_N, best_so_far_regret, optimal_value=self.optimal_value, value_floor=self.value_floor
+    )
+
   def decode(self, tokens_NxL) -> list[str] | None:
     """Token rows as strings, for a user's alphabet; None for an Ehrlich function (tokens are states)."""
     return None if self.alphabet is None else decode(tokens_NxL, self.alphabet)
@@ -330,13 +342,8 @@ class Problem:
 
 def ehrlich_problem(params, dim: int, initial_L=None) -> Problem:
   """An Ehrlich function (llome_jax.test_functions.ehrlich) as a Problem; optimum 1."""
-  import functools
-
-  from llome_jax.test_functions import ehrlich
-
   initial = None if initial_L is None else np.asarray(initial_L)[None]
-  evaluate = functools.partial(ehrlich.evaluate, params)
-  return Problem(params.num_states, dim, evaluate, initial, ehrlich_params=params)
+  return Problem(params.num_states, dim, initial, ehrlich_params=params)
 
 
 def host_problem(
@@ -352,7 +359,6 @@ def host_problem(
   return Problem(
     num_states=len(alphabet),
     dim=initial.tokens_NxL.shape[1],
-    evaluate=host,
     initial_KxL=initial.tokens_NxL,
     initial_values_K=initial.values_N,
     optimal_value=math.nan if optimal_value is None else float(optimal_value),

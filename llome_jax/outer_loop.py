@@ -151,10 +151,8 @@ def init(
 
 def seed_metrics(state: OuterState, problem: oracle.Problem | None = None) -> dict[str, Array]:
   """The round-0 row: regret and feasibility of the seed data (of an Ehrlich function by default)."""
-  optimum = (
-    {} if problem is None else {'optimal_value': problem.optimal_value, 'value_floor': problem.value_floor}
-  )
-  regret, _ = round_metrics.regrets(state.labelled_values_C, state.labelled_where_C, jnp.inf, **optimum)
+  regrets = round_metrics.regrets if problem is None else problem.regrets
+  regret, _ = regrets(state.labelled_values_C, state.labelled_where_C, jnp.inf)
   return {
     'round': state.round,
     'num_evaluations': state.num_evaluations,
@@ -386,13 +384,7 @@ def round_step(
     )
   values_N = evaluate(selection.seqs_NxL, selection.where_N)
   num_labelled = jnp.sum(selection.where_N, dtype=jnp.int32)
-  regret_round, regret_best = round_metrics.regrets(
-    values_N,
-    selection.where_N,
-    problem.regret(state.best_value),
-    optimal_value=problem.optimal_value,
-    value_floor=problem.value_floor,
-  )
+  regret_round, regret_best = problem.regrets(values_N, selection.where_N, problem.regret(state.best_value))
   calibration = round_metrics.calibration(
     jnp.where(policy_N, selection.likelihood_N, 0.0),
     values_N,

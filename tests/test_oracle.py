@@ -136,9 +136,7 @@ def test_a_failing_scorer_is_kept_and_not_called_again_until_raised():
 
 def _oracle_config(**changes) -> ml_collections.ConfigDict:
   config = oracle_ga.get_config()
-  for key, value in changes.items():
-    section, _, name = key.rpartition('.')
-    config[section][name] = value
+  config.update_from_flattened_dict(changes)
   return config
 
 

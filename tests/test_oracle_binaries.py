@@ -21,9 +21,7 @@ def _ga_config(**changes):
   config.oracle.target = 'oracle_scorers:recorded'
   config.ga.num_particles, config.ga.num_steps = 64, 6
   config.checkpoint_every = 1
-  for key, value in changes.items():
-    section, _, name = key.rpartition('.')
-    (config[section] if section else config)[name] = value
+  config.update_from_flattened_dict(changes)
   return config
 
 

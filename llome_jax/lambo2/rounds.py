@@ -80,10 +80,8 @@ def init(
 def seed_metrics(state: State, problem: oracle.Problem | None = None) -> dict[str, Array]:
   """The round-0 row, with the keys of the LLOME binary's round 0 (an Ehrlich function by default)."""
   held = jnp.arange(state.history.capacity) < state.history.count
-  optimum = (
-    {} if problem is None else {'optimal_value': problem.optimal_value, 'value_floor': problem.value_floor}
-  )
-  regret, _ = round_metrics.regrets(state.history.values_C, held, jnp.inf, **optimum)
+  regrets = round_metrics.regrets if problem is None else problem.regrets
+  regret, _ = regrets(state.history.values_C, held, jnp.inf)
   return {
     'round': state.round,
     'num_evaluations': state.num_evaluations,
@@ -151,13 +149,7 @@ def round_step(
   )
   values_S = problem.evaluator(mesh)(proposals_SxL, new_S)
   num_labelled = jnp.sum(new_S, dtype=jnp.int32)
-  regret_round, regret_best = round_metrics.regrets(
-    values_S,
-    new_S,
-    problem.regret(state.best_value),
-    optimal_value=problem.optimal_value,
-    value_floor=problem.value_floor,
-  )
+  regret_round, regret_best = problem.regrets(values_S, new_S, problem.regret(state.best_value))
   best = jnp.argmax(values_S)
   improved = values_S[best] > state.best_value
   new_state = state.replace(
