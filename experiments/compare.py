@@ -224,11 +224,7 @@ def _plot(curves: dict, path: pathlib.Path, *, title: str | None, budget: int | 
     ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  tmp = path.with_name('tmp_' + path.name)
-  fig.savefig(tmp, format='png')
-  plt.close(fig)
-  os.replace(tmp, path)
+  metrics_io.save_figure(fig, path)
 
 
 def compare(

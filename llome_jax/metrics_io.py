@@ -77,6 +77,33 @@ def write_json(path: pathlib.Path, obj) -> None:
   os.replace(tmp, path)
 
 
+def _log_x_axes(title: str, ylabel: str):
+  """A figure with one axes: oracle calls on a log x axis, a grid, the title."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  ax.set_xscale('log')
+  ax.set_xlabel('oracle calls')
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  return fig, ax
+
+
+def save_figure(fig, path: pathlib.Path) -> None:
+  """Writes the figure as PNG atomically (a reader never sees half a file) and frees it."""
+  from matplotlib import pyplot as plt
+
+  fig.tight_layout()
+  tmp = path.with_name('tmp_' + path.name)
+  fig.savefig(tmp, format='png')
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
 def plot_regret(
   rows: list[dict],
   path: pathlib.Path,
@@ -87,51 +114,23 @@ def plot_regret(
 ) -> None:
   """Best-so-far simple regret against cumulative oracle calls (log-x), as the LLOME paper plots it,
   with `last_key` (the regret of each generation or round alone) beside it."""
-  import matplotlib
-
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt
-
   evaluations = [row['num_evaluations'] for row in rows]
 
   def series(key):  # A null (an infeasible-only start of a scorer with floor -inf) is a gap.
     return [math.nan if row[key] is None else row[key] for row in rows]
 
-  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  fig, ax = _log_x_axes(title, 'simple regret')
   ax.plot(evaluations, series('simple_regret_best'), label='best so far')
   ax.plot(evaluations, series(last_key), alpha=0.5, label=last_label)
-  ax.set_xscale('log')
   ax.set_ylim(-0.02, 1.02)
-  ax.set_xlabel('oracle calls')
-  ax.set_ylabel('simple regret')
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  tmp = path.with_name('tmp_' + path.name)
-  fig.savefig(tmp)
-  plt.close(fig)
-  os.replace(tmp, path)
+  save_figure(fig, path)
 
 
 def plot_best_value(rows: list[dict], path: pathlib.Path, *, title: str) -> None:
   """Best value so far against cumulative oracle calls (log-x): the plot for a scorer whose optimum is
   unknown, where regret is undefined."""
-  import matplotlib
-
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt
-
   points = [(row['num_evaluations'], row['best_value']) for row in rows if row.get('best_value') is not None]
-  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  fig, ax = _log_x_axes(title, 'best value')
   ax.plot([x for x, _ in points], [y for _, y in points], label='best so far')
-  ax.set_xscale('log')
-  ax.set_xlabel('oracle calls')
-  ax.set_ylabel('best value')
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  tmp = path.with_name('tmp_' + path.name)
-  fig.savefig(tmp)
-  plt.close(fig)
-  os.replace(tmp, path)
+  save_figure(fig, path)
