@@ -236,13 +236,11 @@ def _generation_metrics(key, gens: inner_loop.Generations, *, evaluate, shift) -
   inputs_NxL, outputs_NxL = gens.inputs_IxRxL.reshape(-1, length), gens.outputs_IxRxL.reshape(-1, length)
   valid_N = gens.valid_IxR.reshape(-1)
   live_N = jnp.broadcast_to(gens.where_R, gens.valid_IxR.shape).reshape(-1)
-  if evaluate is None:
-    unknown_N = jnp.full(valid_N.shape, jnp.nan, jnp.float32)
-    edits = round_metrics.edit_stats(inputs_NxL, outputs_NxL, unknown_N, unknown_N, valid_N)
+  if evaluate is None:  # Placeholders: frac_improved is reported as NaN below.
+    f_in_N = f_out_N = jnp.full(valid_N.shape, jnp.nan, jnp.float32)
   else:
-    edits = round_metrics.edit_stats(
-      inputs_NxL, outputs_NxL, evaluate(inputs_NxL), evaluate(outputs_NxL), valid_N
-    )
+    f_in_N, f_out_N = evaluate(inputs_NxL), evaluate(outputs_NxL)
+  edits = round_metrics.edit_stats(inputs_NxL, outputs_NxL, f_in_N, f_out_N, valid_N)
   diversity = round_metrics.diversity(outputs_NxL, valid_N, key)
   return {
     'num_generations': jnp.sum(live_N, dtype=jnp.int32),
