@@ -76,7 +76,12 @@ def test_aloha_through_the_worker():
       raised.value
     )
     assert black_box(['ALOHA']).tolist() == [5.0] and black_box.pid == pid  # The worker stays up.
-    assert any('poli 🧪: creating aloha' in line for line in black_box._stderr_tail)  # Not in the protocol.
+    # poli's print went to the worker's stderr, not into the protocol. A thread forwards that stream, so
+    # the line can reach the tail after the replies that followed it: wait for it.
+    deadline = time.monotonic() + 30
+    while not any('poli 🧪: creating aloha' in line for line in black_box._stderr_tail):
+      assert time.monotonic() < deadline, list(black_box._stderr_tail)
+      time.sleep(0.05)
   assert gone(pid)
 
 
