@@ -110,6 +110,10 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   outer = config.outer
   if not 0.0 <= outer.mutant_fraction < 1.0:
     raise ValueError(f'config.outer.mutant_fraction must lie in [0, 1), got {outer.mutant_fraction}.')
+  if outer.mutant_kind not in outer_loop.MUTANT_KINDS:
+    raise ValueError(
+      f'config.outer.mutant_kind must be one of {outer_loop.MUTANT_KINDS}, got {outer.mutant_kind!r}.'
+    )
   with configs.section('outer'):
     select = labelling.SelectConfig(
       num_labels=outer.num_labels, likelihood_quantile=outer.likelihood_quantile
@@ -136,6 +140,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     epochs=config.train.epochs,
     split_rows=outer.split_rows,
     num_mutants=round(outer.mutant_fraction * outer.num_labels),
+    mutant_kind=outer.mutant_kind,
   )
   pool = inner.num_iterations * outer.num_seeds * inner.rows_per_seed
   if outer.num_labels > pool:

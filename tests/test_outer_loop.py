@@ -263,3 +263,110 @@ def test_mutant_slots_never_repeat_a_label():
   assert np.asarray(combined.where_N)[0] and not np.asarray(combined.where_N)[1]
   assert not set(map(tuple, np.asarray(mutants[:5]).tolist())) & set(map(tuple, rows.tolist()))
   assert np.asarray(policy_N).sum() == 3 and np.isnan(np.asarray(combined.likelihood_N)[3:]).all()
+
+
+def test_repair_mutants_in_a_round_label_only_certified_transitions(problem):
+  """A round giving 8 of its 24 labels to repair mutants: they are paid for like any label, hold only
+  transitions that a feasible label held before the round, and on an Ehrlich function (feasibility is
+  a ban on adjacent pairs) the adjacent-pair model explains every infeasible label."""
+  before = _copy(problem['state'])
+  cfg = dataclasses.replace(problem['cfg'], num_mutants=8, mutant_kind='repair')
+  run = outer_loop.jit_run_rounds(
+    outer_loop.state_shardings(before, sharding.make_mesh(1)),
+    sharding.make_mesh(1),
+    graphdef=problem['graphdef'],
+    problem=oracle.ehrlich_problem(problem['params'], _LENGTH),
+    codec=problem['codec'],
+    cfg=cfg,
+  )
+  certified = np.asarray(outer_loop.certified_transitions(before.history, _STATES))
+  state, (metrics, selection, values) = run(_copy(before), 1, 'sft', 1)
+  metrics, selection, values = jax.tree.map(lambda x: np.asarray(x[0]), (metrics, selection, values))
+  mutants = selection.seqs_NxL[-8:][selection.where_N[-8:]]
+  assert 0 < metrics['num_labelled_mutants'] == len(mutants)
+  assert (
+    int(state.num_evaluations) - int(before.num_evaluations)
+    == metrics['num_labelled']
+    == selection.where_N.sum()
+  )
+  assert certified[mutants[:, :-1], mutants[:, 1:]].all()
+  assert metrics['num_certified_transitions'] == certified.sum()
+  assert not np.isfinite(np.asarray(before.history.values_C)[: int(before.history.count)]).all()
+  assert metrics['frac_infeasible_explained'] == 1.0
+
+
+def _transition_walks(allowed_VxV: np.ndarray, count: int, length: int, rng) -> np.ndarray:
+  """Random walks on an allowed-transition matrix: sequences that hold only allowed transitions."""
+  walks = np.zeros((count, length), np.int32)
+  walks[:, 0] = rng.integers(0, len(allowed_VxV), count)
+  for i in range(1, length):
+    for row in range(count):
+      walks[row, i] = rng.choice(np.flatnonzero(allowed_VxV[walks[row, i - 1]]))
+  return walks
+
+
+def test_certified_transitions_are_those_of_feasible_labels():
+  rng = np.random.default_rng(3)
+  seqs = rng.integers(0, _STATES, (40, _LENGTH)).astype(np.int32)
+  values = np.where(rng.random(40) < 0.3, -np.inf, rng.random(40)).astype(np.float32)
+  history = archive.add(archive.init(64, _LENGTH), jnp.asarray(seqs), jnp.asarray(values))
+  want = np.zeros((_STATES, _STATES), bool)
+  for row, value in zip(seqs, values, strict=True):
+    if np.isfinite(value):
+      want[row[:-1], row[1:]] = True
+  got = np.asarray(outer_loop.certified_transitions(history, _STATES))
+  np.testing.assert_array_equal(got, want)
+  # Every infeasible row here holds a transition no feasible row holds, bar those built otherwise.
+  explained = [
+    not want[row[:-1], row[1:]].all()
+    for row, value in zip(seqs, values, strict=True)
+    if not np.isfinite(value)
+  ]
+  np.testing.assert_allclose(
+    float(outer_loop.infeasible_explained(history, jnp.asarray(want))), np.mean(explained), rtol=1e-6
+  )
+  assert float(outer_loop.infeasible_explained(history, jnp.ones((_STATES, _STATES), bool))) == 0.0
+  feasible_only = archive.add(archive.init(8, _LENGTH), jnp.asarray(seqs[:2]), jnp.ones(2))
+  assert np.isnan(float(outer_loop.infeasible_explained(feasible_only, jnp.asarray(want))))
+
+
+def test_repair_mutants_keep_certified_transitions():
+  """With the true allowed transitions certified, a substitution's broken neighbours are repaired: each
+  mutant is a contiguous edit of 1-3 positions of a real seed, holds only allowed transitions, and
+  changes a neighbour exactly when the substitution broke its transition."""
+  rng = np.random.default_rng(4)
+  allowed = np.zeros((_STATES, _STATES), bool)
+  while not ((allowed.astype(int) @ allowed.astype(int)) > 0).all():  # Until any a -> ? -> c has a bridge.
+    allowed = rng.random((_STATES, _STATES)) < 0.7
+    np.fill_diagonal(allowed, True)
+  seeds = _transition_walks(allowed, 6, _LENGTH, rng)
+  where = jnp.asarray([True, False, True, True, False, True])
+  mutants, real = outer_loop.repair_mutants(
+    jax.random.key(5), jnp.asarray(seeds), where, 600, jnp.asarray(allowed)
+  )
+  mutants = np.asarray(mutants)
+  assert bool(jnp.all(real))
+  distances = (mutants[:, None, :] != seeds[None]).sum(-1)[:, np.asarray(where)]
+  source = np.asarray(where).nonzero()[0][distances.argmin(axis=1)]
+  assert np.all(allowed[mutants[:, :-1], mutants[:, 1:]])  # Every mutant is feasible.
+  blind, _ = outer_loop.two_site_mutants(jax.random.key(5), jnp.asarray(seeds), where, 600, _STATES)
+  blind = np.asarray(blind)
+  assert np.mean(allowed[blind[:, :-1], blind[:, 1:]].all(axis=1)) < 0.9  # The blind kernel's are not.
+
+  def explained(seed, mutant, changed):  # Some changed i is the substitution, the rest its repairs.
+    for i in changed:
+      broken = {j for j in (i - 1, i + 1) if 0 <= j < _LENGTH}
+      broken = {
+        j for j in broken if not (allowed[seed[j], mutant[i]] if j < i else allowed[mutant[i], seed[j]])
+      }
+      if set(changed) == {i} | broken:
+        return True
+    return False
+
+  repaired = 0
+  for mutant, seed in zip(mutants, seeds[source], strict=True):
+    changed = np.flatnonzero(mutant != seed).tolist()
+    assert 1 <= len(changed) <= 3 and np.all(np.diff(changed) == 1) and explained(seed, mutant, changed)
+    repaired += len(changed) > 1
+  assert repaired > 100  # Repairs happen, and are not the only case.
+  assert repaired < len(mutants)

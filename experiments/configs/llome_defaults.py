@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Fraction of each round's labels given to blind 2-site mutants of the seeds, not the policy's
   # generations: 0 is the paper's LLOME (issue 17's lever; see outer_loop.LoopConfig.num_mutants).
   config.outer.mutant_fraction = 0.0
+  # 'blind' (two uniform sites) or 'repair' (one site, plus neighbours whose transition with it no
+  # feasible label shows; outer_loop.repair_mutants).
+  config.outer.mutant_kind = 'blind'
 
   config.pairs = ml_collections.ConfigDict()
   config.pairs.capacity = 4096  # Most pairs (or DPO triples) trained on per round.
