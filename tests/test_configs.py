@@ -100,7 +100,10 @@ def test_rejects_a_value_where_a_section_belongs():
     configs.validate(config, _reference())
 
 
-@pytest.mark.parametrize('name', ['smoke', 'f2_marge', 'f2_sft', 'f2_dpo', 'l128_marge'])
+@pytest.mark.parametrize(
+  'name',
+  ['smoke', 'f2_marge', 'f2_sft', 'f2_dpo', 'f2_marge_paper', 'f2_sft_paper', 'f2_dpo_paper', 'l128_marge'],
+)
 def test_every_shipped_llome_config_is_valid(name):
   import importlib
 
@@ -148,3 +151,29 @@ def test_every_shipped_lambo2_config_is_valid(name):
       False,
     )
     assert setup.round_cfg.train.epochs == 16 and setup.round_cfg.distance == 'edit'
+
+
+@pytest.mark.parametrize('name', ['f2_marge', 'f2_sft', 'f2_dpo'])
+def test_paper_configs_differ_only_by_the_repair_mutants(name):
+  """Each f2 config's paper version is one config away: the same keys and values, bar the mutants."""
+  import importlib
+
+  from experiments.configs import llome_defaults
+
+  def flatten(config, prefix=''):
+    out = {}
+    for key, value in config.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        out |= flatten(value, f'{prefix}{key}.')
+      else:
+        out[f'{prefix}{key}'] = value
+    return out
+
+  shipped = flatten(importlib.import_module(f'experiments.configs.{name}').get_config())
+  paper = flatten(importlib.import_module(f'experiments.configs.{name}_paper').get_config())
+  assert shipped.keys() == paper.keys()
+  changed = {key for key in shipped if shipped[key] != paper[key]}
+  assert changed == {'outer.mutant_fraction', 'outer.mutant_kind'}
+  assert (shipped['outer.mutant_fraction'], shipped['outer.mutant_kind']) == (0.5, 'repair')
+  defaults = flatten(llome_defaults.get_config())
+  assert all(paper[key] == defaults[key] for key in changed)  # Labels the policy's generations only.

@@ -156,6 +156,8 @@ def test_readme_f2_walkthrough(tmp_path):
   rows = _rows(tmp_path / 'runs' / 'f2_marge')
   assert [row['round'] for row in rows] == [0, 1]
   assert rows[-1]['num_evaluations'] == 10_000 + rows[1]['num_labelled'] > 10_000
+  assert 0 < rows[1]['num_labelled_mutants'] <= 16  # f2_marge.py gives half the labels to repair mutants.
+  assert rows[1]['frac_infeasible_explained'] == 1.0
   _run(_documented(r'experiments\.compare '), tmp_path)
   assert (tmp_path / 'runs' / 'f2.png').read_bytes()[:4] == b'\x89PNG'
   _run(_documented(r'experiments\.diagnose '), tmp_path, extra=['--max_sequences=1', '--proposal_seeds=2'])

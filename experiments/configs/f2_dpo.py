@@ -3,7 +3,10 @@
 from experiments.configs import f2_marge
 
 
-def get_config():
-  config = f2_marge.f2_config('dpo')
+def dpo(config):
   config.train.dpo_beta = 0.4
   return config
+
+
+def get_config():
+  return dpo(f2_marge.f2_config('dpo'))

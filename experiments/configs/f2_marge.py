@@ -9,13 +9,20 @@ candidates than labels, at 3.6x less decoding (a run takes about 6 minutes on 2 
 
   python -m experiments.llome --config=experiments/configs/f2_marge.py --workdir=runs/f2_marge
 
-f2_sft.py and f2_dpo.py change only the schedule (and DPO's learning rate and beta).
+Not in the paper: half of each round's labels go to repair mutants of the round's seeds
+(`outer.mutant_fraction=0.5`, `outer.mutant_kind='repair'`; outer_loop.repair_mutants), the lever
+that issue 17's diagnosis of the 0.42 plateau points at (RESULTS.md, "Ablations"). f2_marge_paper.py
+is this config without it: the paper's LLOME, every label the policy's.
+
+f2_sft.py and f2_dpo.py change only the schedule (and DPO's learning rate and beta); f2_sft_paper.py
+and f2_dpo_paper.py drop the mutants as f2_marge_paper.py does.
 """
 
 from experiments.configs import llome_defaults
 
 
-def f2_config(schedule: str):
+def f2_config(schedule: str, *, paper: bool = False):
+  """The f2 config of a schedule; `paper=True` labels only the policy's generations."""
   config = llome_defaults.get_config()
   config.test_function.name = 'f2'
   config.outer.schedule = schedule
@@ -34,6 +41,9 @@ def f2_config(schedule: str):
   config.train.epochs = 2
   config.train.sft.learning_rate = 1e-3
   config.train.pref.learning_rate = 3e-4
+  if not paper:
+    config.outer.mutant_fraction = 0.5
+    config.outer.mutant_kind = 'repair'
   return config
 
 

@@ -4,7 +4,8 @@ seed 50494): the f2 round structure with a lighter inner loop, since each edit i
   python -m experiments.llome --config=experiments/configs/l128_marge.py --workdir=runs/l128_marge
 
 The GA seed data keeps the paper's shape (1,000 particles x 10 generations); the mutation rate is
-holo's 1.1 / L default scaled to the longer sequence.
+holo's 1.1 / L default scaled to the longer sequence. Like f2_marge.py, half of each round's labels are
+repair mutants (`--config.outer.mutant_fraction=0.0` for the paper's LLOME).
 """
 
 from experiments.configs import f2_marge
