@@ -136,10 +136,12 @@ def save(
   if keep is not None and keep < 1:
     raise ValueError(f'keep must be None or >= 1, got {keep}.')
   path = os.path.abspath(directory)
+  # Checked by a reader: a writer starts removing a crashed save's debris in a background thread that
+  # only its save() waits for, so a writer left unsaved would race the next writer's removal of it.
+  latest = latest_step(path)
+  if latest is not None and step <= latest:  # Orbax would silently skip the save.
+    raise ValueError(f'step {step} must be greater than the latest step {latest} in {path}.')
   with _manager(path, writer=True, keep=keep) as manager:
-    latest = manager.latest_step()
-    if latest is not None and step <= latest:  # Orbax would silently skip the save.
-      raise ValueError(f'step {step} must be greater than the latest step {latest} in {path}.')
     items = {
       _STATE: ocp.args.PyTreeSave(jax.tree.map(_stored, state)),
       _METADATA: ocp.args.JsonSave(metadata),

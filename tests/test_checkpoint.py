@@ -142,6 +142,7 @@ def test_steps_latest_older_and_keep(tmp_path):
   chex.assert_trees_all_equal(_comparable(restored), _comparable(states[1]))
   with pytest.raises(ValueError, match='greater than the latest step 3'):
     checkpoint.save(tmp_path, 2, states[2])
+  assert debris.is_dir()  # A refused save touches nothing: no writer was opened to clean up.
 
   checkpoint.save(tmp_path, 4, states[3], keep=2)
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ['3', '4']
