@@ -136,9 +136,12 @@ def save(
   if keep is not None and keep < 1:
     raise ValueError(f'keep must be None or >= 1, got {keep}.')
   path = os.path.abspath(directory)
-  # Checked by a reader: a writer starts removing a crashed save's debris in a background thread that
-  # only its save() waits for, so a writer left unsaved would race the next writer's removal of it.
-  latest = latest_step(path)
+  # Checked on the file system before a writer opens: a writer starts removing a crashed save's debris
+  # in a background thread that only its save() waits for, so a writer opened just to refuse would race
+  # the next writer's removal. (No manager here: managers synchronise processes, and every process of a
+  # multi-process run must open the same ones, whatever the directory held when it looked.)
+  steps = ocp.step.checkpoint_steps(path) if os.path.isdir(path) else []
+  latest = max(steps, default=None)
   if latest is not None and step <= latest:  # Orbax would silently skip the save.
     raise ValueError(f'step {step} must be greater than the latest step {latest} in {path}.')
   with _manager(path, writer=True, keep=keep) as manager:
