@@ -382,12 +382,12 @@ def repair_mutants(
 
 
 def _with_mutants(
-  key, selection: labelling.Selection, seeds_SxL, seed_where_S, history, *, num, num_states, kind='blind'
+  key, selection: labelling.Selection, seeds_SxL, seed_where_S, history, *, num, num_states, certified=None
 ):
-  """The policy's selection followed by `num` mutant slots; a mutant already labelled, or repeating an
-  earlier row, is not labelled. Returns (the selection, which rows are the policy's)."""
-  if kind == 'repair':
-    certified = certified_transitions(history, num_states)
+  """The policy's selection followed by `num` mutant slots (repair mutants when `certified` transitions
+  are given, blind ones otherwise); a mutant already labelled, or repeating an earlier row, is not
+  labelled. Returns (the selection, which rows are the policy's)."""
+  if certified is not None:
     mutants_MxL, mutant_where_M = repair_mutants(key, seeds_SxL, seed_where_S, num, certified)
   else:
     mutants_MxL, mutant_where_M = two_site_mutants(key, seeds_SxL, seed_where_S, num, num_states)
@@ -467,6 +467,8 @@ def round_step(
     cfg=select_cfg,
   )
   policy_N = jnp.ones(selection.where_N.shape, bool)
+  repairing = cfg.num_mutants and cfg.mutant_kind == 'repair'
+  certified = certified_transitions(state.history, codec.num_states) if repairing else None
   if cfg.num_mutants:
     selection, policy_N = _with_mutants(
       jax.random.fold_in(select_key, 1),
@@ -476,7 +478,7 @@ def round_step(
       state.history,
       num=cfg.num_mutants,
       num_states=codec.num_states,
-      kind=cfg.mutant_kind,
+      certified=certified,
     )
   values_N = evaluate(selection.seqs_NxL, selection.where_N)
   num_labelled = jnp.sum(selection.where_N, dtype=jnp.int32)
@@ -523,8 +525,7 @@ def round_step(
     'calibration_bin_reward': calibration.bin_mean_reward,
     'calibration_bin_count': calibration.bin_count,
   }
-  if cfg.num_mutants and cfg.mutant_kind == 'repair':
-    certified = certified_transitions(state.history, codec.num_states)
+  if repairing:
     metrics['frac_infeasible_explained'] = infeasible_explained(state.history, certified)
     metrics['num_certified_transitions'] = jnp.sum(certified, dtype=jnp.int32)
   return new_state, (metrics, selection, values_N)
