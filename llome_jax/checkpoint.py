@@ -140,8 +140,7 @@ def save(
   # in a background thread that only its save() waits for, so a writer opened just to refuse would race
   # the next writer's removal. (No manager here: managers synchronise processes, and every process of a
   # multi-process run must open the same ones, whatever the directory held when it looked.)
-  steps = ocp.step.checkpoint_steps(path) if os.path.isdir(path) else []
-  latest = max(steps, default=None)
+  latest = latest_step(path)
   if latest is not None and step <= latest:  # Orbax would silently skip the save.
     raise ValueError(f'step {step} must be greater than the latest step {latest} in {path}.')
   with _manager(path, writer=True, keep=keep) as manager:
@@ -154,20 +153,14 @@ def save(
 
 def latest_step(directory: str | os.PathLike) -> int | None:
   """The newest complete step in `directory`; None if it has none or does not exist."""
-  path = os.path.abspath(directory)
-  if not os.path.isdir(path):
-    return None
-  with _manager(path) as manager:
-    return manager.latest_step()
+  return max(all_steps(directory), default=None)
 
 
 def all_steps(directory: str | os.PathLike) -> list[int]:
-  """Every complete step in `directory`, ascending; [] if it has none or does not exist."""
+  """Every complete step in `directory`, ascending; [] if it has none or does not exist. A directory
+  scan, like `save`'s check, rather than a manager: it can be called on one process alone."""
   path = os.path.abspath(directory)
-  if not os.path.isdir(path):
-    return []
-  with _manager(path) as manager:
-    return sorted(manager.all_steps())
+  return sorted(ocp.step.checkpoint_steps(path)) if os.path.isdir(path) else []
 
 
 def read_metadata(directory: str | os.PathLike, *, step: int | None = None) -> dict[str, Any]:

@@ -350,34 +350,30 @@ def repair_mutants(
   mutants_MxL = seeds_SxL[rows_M]
   index_M = jnp.arange(num)
 
-  def token(offset):  # The token `offset` places from the substitution; -1 off either end.
-    where = at_M + offset
-    inside = (where >= 0) & (where < length)
-    return jnp.where(inside, mutants_MxL[index_M, jnp.clip(where, 0, length - 1)], -1), inside
+  def near(offset):  # (position, token there, whether it is inside), `offset` places from the edit.
+    where_M = at_M + offset
+    clipped_M = jnp.clip(where_M, 0, length - 1)
+    return clipped_M, mutants_MxL[index_M, clipped_M], (where_M >= 0) & (where_M < length)
 
   new_M = (mutants_MxL[index_M, at_M] + jax.random.randint(state_key, (num,), 1, num_states)) % num_states
   mutants_MxL = mutants_MxL.at[index_M, at_M].set(new_M)
   every_MxV = jnp.ones((num, num_states), bool)
   for offset, side_key in ((-1, left_key), (1, right_key)):
-    neighbour_M, inside_M = token(offset)
-    beyond_M, beyond_inside_M = token(2 * offset)
-    beyond_M = jnp.maximum(beyond_M, 0)
+    where_M, neighbour_M, inside_M = near(offset)
+    _, beyond_M, beyond_inside_M = near(2 * offset)
     if offset < 0:  # Neighbour -> new token must hold, and beyond -> neighbour.
-      broken_M = ~certified_VxV[jnp.maximum(neighbour_M, 0), new_M]
+      broken_M = ~certified_VxV[neighbour_M, new_M]
       fits_MxV = certified_VxV[:, new_M].T & jnp.where(
         beyond_inside_M[:, None], certified_VxV[beyond_M], every_MxV
       )
     else:  # New token -> neighbour, and neighbour -> beyond.
-      broken_M = ~certified_VxV[new_M, jnp.maximum(neighbour_M, 0)]
+      broken_M = ~certified_VxV[new_M, neighbour_M]
       fits_MxV = certified_VxV[new_M] & jnp.where(
         beyond_inside_M[:, None], certified_VxV[:, beyond_M].T, every_MxV
       )
     repair_M = jax.random.categorical(side_key, jnp.where(fits_MxV, 0.0, -jnp.inf))
     change_M = inside_M & broken_M & jnp.any(fits_MxV, axis=1)
-    where_M = jnp.clip(at_M + offset, 0, length - 1)
-    mutants_MxL = mutants_MxL.at[index_M, where_M].set(
-      jnp.where(change_M, repair_M, mutants_MxL[index_M, where_M])
-    )
+    mutants_MxL = mutants_MxL.at[index_M, where_M].set(jnp.where(change_M, repair_M, neighbour_M))
   return mutants_MxL, jnp.broadcast_to(jnp.any(seed_where_S), (num,))
 
 
