@@ -223,7 +223,11 @@ def test_a_finished_run_extended_equals_one_run_with_more_rounds(uninterrupted, 
       r'config\.train\.sft: learning_rate',
     ),
     (lambda c: c.__setattr__('num_devices', 99), ValueError, r'num_devices must lie in \[1, 8\]'),
-    (lambda c: c.outer.__setattr__('mutant_fraction', 1.0), ValueError, r'outer\.mutant_fraction must lie in'),
+    (
+      lambda c: c.outer.__setattr__('mutant_fraction', 1.0),
+      ValueError,
+      r'outer\.mutant_fraction must lie in',
+    ),
     (
       lambda c: c.outer.__setattr__('mutant_kind', 'repare'),
       ValueError,
