@@ -114,6 +114,12 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     raise ValueError(
       f'config.outer.mutant_kind must be one of {outer_loop.MUTANT_KINDS}, got {outer.mutant_kind!r}.'
     )
+  num_mutants = round(outer.mutant_fraction * outer.num_labels)
+  if outer.mutant_generations < 1 or num_mutants % outer.mutant_generations:
+    raise ValueError(
+      f'config.outer.mutant_generations={outer.mutant_generations} must be >= 1 and divide the '
+      f'{num_mutants} mutants of a round (mutant_fraction x num_labels).'
+    )
   with configs.section('outer'):
     select = labelling.SelectConfig(
       num_labels=outer.num_labels, likelihood_quantile=outer.likelihood_quantile
@@ -139,8 +145,9 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     first_round_epochs=config.train.first_round_epochs,
     epochs=config.train.epochs,
     split_rows=outer.split_rows,
-    num_mutants=round(outer.mutant_fraction * outer.num_labels),
+    num_mutants=num_mutants,
     mutant_kind=outer.mutant_kind,
+    mutant_generations=outer.mutant_generations,
   )
   pool = inner.num_iterations * outer.num_seeds * inner.rows_per_seed
   if outer.num_labels > pool:

@@ -233,6 +233,11 @@ def test_a_finished_run_extended_equals_one_run_with_more_rounds(uninterrupted, 
       ValueError,
       r"config\.outer\.mutant_kind must be one of \('blind', 'repair'\), got 'repare'",
     ),
+    (
+      lambda c: (c.outer.__setattr__('mutant_fraction', 0.5), c.outer.__setattr__('mutant_generations', 7)),
+      ValueError,
+      r'config\.outer\.mutant_generations=7 must be >= 1 and divide the \d+ mutants',
+    ),
   ],
 )
 def test_bad_config_fails_before_any_work(edit, error, match, tmp_path):

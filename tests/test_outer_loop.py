@@ -171,7 +171,7 @@ def test_seeds_fall_back_to_the_best_labelled_sequences(problem):
     num_candidates=jnp.int32(2),
     num_infeasible_candidates=jnp.int32(0),
   )
-  seeds, where = outer_loop._seeds(state, some, 5)
+  seeds, where, seed_values = outer_loop._seeds(state, some, 5)
   seeds, where = np.asarray(seeds), np.asarray(where)
   assert where.all()
   labelled, values = np.asarray(state.labelled_CxL), np.asarray(state.labelled_values_C)
@@ -180,6 +180,8 @@ def test_seeds_fall_back_to_the_best_labelled_sequences(problem):
   np.testing.assert_array_equal(seeds[:2], labelled[order])
   best = np.argsort(-np.asarray(state.history.values_C)[: int(state.history.count)], kind='stable')[:3]
   np.testing.assert_array_equal(seeds[2:], np.asarray(state.history.sequences_CxL)[best])
+  want_values = np.concatenate([values[order], np.asarray(state.history.values_C)[best]])
+  np.testing.assert_array_equal(np.asarray(seed_values), want_values)  # Each seed's own label.
 
 
 def _one_round_on(problem, mesh, *, split_rows: bool):
@@ -370,3 +372,102 @@ def test_repair_mutants_keep_certified_transitions():
     repaired += len(changed) > 1
   assert repaired > 100  # Repairs happen, and are not the only case.
   assert repaired < len(mutants)
+
+
+def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
+  """Generation 2 of a round's mutants is drawn from the best `num_seeds` of generation 1's labelled
+  mutants and its parents, a tie going to the mutant (a plateau is walked), each labelled before the
+  next is drawn; rows already labelled are not labelled again."""
+  length, per_generation = 12, 4
+  far = np.stack([np.full(length, token, np.int32) for token in range(6)])  # Pairwise Hamming 12.
+  parents, parent_values = jnp.asarray(far[:2]), jnp.asarray([0.3, 0.2], jnp.float32)
+  # Generation 1, 4 labelled mutants after 2 policy rows: 0.6, 0.1, -inf, 0.3 (ties parent 0).
+  policy_rows = np.stack([np.arange(length) % 6, (np.arange(length) + 1) % 6]).astype(np.int32)
+  seqs = jnp.asarray(np.concatenate([policy_rows, far[2:]]))
+  values = jnp.asarray([0.0, 0.0, 0.6, 0.1, -np.inf, 0.3], jnp.float32)
+  selection = labelling.Selection(
+    seqs_NxL=seqs,
+    likelihood_N=jnp.asarray([0.1, 0.2] + [np.nan] * 4, jnp.float32),
+    where_N=jnp.ones(6, bool),
+    num_unique=jnp.int32(6),
+    num_eligible=jnp.int32(6),
+    threshold=jnp.float32(0.0),
+  )
+  cfg = dataclasses.replace(
+    problem['cfg'], num_seeds=2, num_mutants=2 * per_generation, mutant_generations=2, mutant_kind='blind'
+  )
+  calls = []
+
+  def evaluate(x, where):
+    calls.append(x.shape)
+    return jnp.where(where, jnp.float32(0.25), -jnp.inf)
+
+  history = archive.init(64, length)
+  combined, policy_N, values_N = outer_loop._later_mutant_generations(
+    jax.random.key(3),
+    selection,
+    jnp.arange(6) < 2,
+    values,
+    parents,
+    parent_values,
+    history,
+    cfg=cfg,
+    num_states=_STATES,
+    evaluate=evaluate,
+  )
+  assert calls == [(per_generation, length)]  # One oracle call, for generation 2 alone.
+  assert combined.seqs_NxL.shape == (10, length) and np.asarray(policy_N).tolist() == [True] * 2 + [False] * 8
+  np.testing.assert_array_equal(np.asarray(combined.seqs_NxL[:6]), np.asarray(seqs))
+  gen2 = np.asarray(combined.seqs_NxL[6:])[np.asarray(combined.where_N[6:])]
+  assert len(gen2) > 0 and np.all(np.asarray(values_N[6:])[np.asarray(combined.where_N[6:])] == 0.25)
+  # Best 2 of {gen1: 0.6, 0.1, -inf, 0.3; parents: 0.3, 0.2}: gen1 rows 0 and 3 (far 2 and 5), the tie
+  # at 0.3 going to the mutant, not to parent 0.
+  distances = (gen2[:, None, :] != far[None]).sum(-1)
+  assert np.all(distances.min(axis=1) == 2) and set(distances.argmin(axis=1).tolist()) == {2, 5}
+  assert np.isnan(np.asarray(combined.likelihood_N[6:])).all()
+
+
+def test_mutant_generations_in_a_round(problem):
+  """A round of 24 labels with 8 repair mutants in 2 generations: labels and evaluations agree, every
+  mutant holds transitions certified by labels made before it, and a generation-2 mutant descends from
+  a generation-1 mutant or a seed."""
+  before = _copy(problem['state'])
+  cfg = dataclasses.replace(problem['cfg'], num_mutants=8, mutant_kind='repair', mutant_generations=2)
+  run = outer_loop.jit_run_rounds(
+    outer_loop.state_shardings(before, sharding.make_mesh(1)),
+    sharding.make_mesh(1),
+    graphdef=problem['graphdef'],
+    problem=oracle.ehrlich_problem(problem['params'], _LENGTH),
+    codec=problem['codec'],
+    cfg=cfg,
+  )
+  state, (metrics, selection, values) = run(_copy(before), 1, 'sft', 1)
+  metrics, selection, values = jax.tree.map(lambda x: np.asarray(x[0]), (metrics, selection, values))
+  assert selection.seqs_NxL.shape[0] == 24
+  assert (
+    int(state.num_evaluations) - int(before.num_evaluations)
+    == metrics['num_labelled']
+    == selection.where_N.sum()
+  )
+  labelled = selection.seqs_NxL[selection.where_N]
+  assert len({tuple(r) for r in labelled.tolist()}) == len(labelled)
+  np.testing.assert_array_equal(
+    values[selection.where_N], np.asarray(ehrlich.evaluate(problem['params'], jnp.asarray(labelled)))
+  )
+  first, second = selection.seqs_NxL[16:20], selection.seqs_NxL[20:]
+  first_where, second_where = selection.where_N[16:20], selection.where_N[20:]
+  assert metrics['num_labelled_mutants'] == first_where.sum() + second_where.sum() > 0
+  # Certification grows with the round's own labels: generation 2's transitions were certified by the
+  # history before the round or by a feasible label of the round's first 20 rows.
+  grown = archive.add(
+    before.history,
+    jnp.asarray(selection.seqs_NxL[:20]),
+    jnp.asarray(values[:20]),
+    jnp.asarray(selection.where_N[:20]),
+  )
+  certified = np.asarray(outer_loop.certified_transitions(grown, _STATES))
+  second_rows = second[second_where]
+  assert certified[second_rows[:, :-1], second_rows[:, 1:]].all()
+  history_rows = np.asarray(archive.contents(before.history)[0])
+  parents = np.concatenate([history_rows, first[first_where]])
+  assert ((second_rows[:, None, :] != parents[None]).sum(-1).min(axis=1) <= 3).all()

@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 'blind' (two uniform sites) or 'repair' (one site, plus neighbours whose transition with it no
   # feasible label shows; outer_loop.repair_mutants).
   config.outer.mutant_kind = 'blind'
+  # Label a round's mutants in this many generations, each drawn from the best of the last once it is
+  # labelled (1: all at once from the seeds; outer_loop.LoopConfig.mutant_generations).
+  config.outer.mutant_generations = 1
 
   config.pairs = ml_collections.ConfigDict()
   config.pairs.capacity = 4096  # Most pairs (or DPO triples) trained on per round.
