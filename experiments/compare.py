@@ -6,7 +6,8 @@ r"""Several experiment workdirs on one best-so-far-regret-vs-oracle-calls plot, 
 Runs that share a label are seeds of one method: drawn as their median with a min-max band. Writes the
 PNG and, next to it (same path, .json), per label: each run's and the median's final evaluations and
 regret, the regret at the budget and the evaluations needed to reach regret <= 0.25 and <= 0; each
-run's per-round diagnostics (feasible fraction, edit distance, calibration) and wall clock where its
+run's plateaus (every best regret it held, when it got there and the calls it spent there); each run's
+per-round diagnostics (feasible fraction, edit distance, calibration) and wall clock where its
 workdir has them; and (same path, .md) these as a Markdown table, also printed.
 """
 
@@ -88,6 +89,24 @@ def evaluations_to_threshold(evaluations: np.ndarray, regrets: np.ndarray, thres
   """The first evaluation count at which regret <= threshold (nan never counts), or None if never."""
   reached = np.flatnonzero(regrets <= threshold)  # nan <= t is False.
   return int(evaluations[reached[0]]) if reached.size else None
+
+
+def plateaus(evaluations: np.ndarray, regrets: np.ndarray) -> list[dict]:
+  """Each best-so-far regret a run holds, in order: the evaluations at which it was first reached and
+  the calls spent on it before the next improvement (up to the run's last row for the last level).
+  The GA crosses a plateau in generations of its population; a round-based optimiser in rounds."""
+  known = ~np.isnan(regrets)
+  evaluations, regrets = evaluations[known], regrets[known]
+  starts = np.flatnonzero(np.concatenate([[True], regrets[1:] < regrets[:-1]]))
+  ends = np.append(evaluations[starts[1:]], evaluations[-1]) if starts.size else starts
+  return [
+    {
+      'regret': float(regrets[i]),
+      'first_evaluations': int(evaluations[i]),
+      'calls_spent': int(end - evaluations[i]),
+    }
+    for i, end in zip(starts, ends, strict=True)
+  ]
 
 
 def band(runs: Sequence[tuple[np.ndarray, np.ndarray]], x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,7 +266,8 @@ def compare(
   Returns:
     The summary: {label: {'num_runs', 'runs': [per-run dict with 'workdir'], 'median': dict}}, where
     each dict has final_num_evaluations, final_simple_regret_best, regret_at_budget (with a budget),
-    evaluations_to_regret_0.25 and evaluations_to_regret_0 (null if never reached).
+    evaluations_to_regret_0.25 and evaluations_to_regret_0 (null if never reached); each run's also
+    has its `plateaus`.
   """
   if budget is not None and budget < 1:
     raise ValueError(f'budget must be a positive number of oracle calls, got {budget}.')
@@ -262,7 +282,12 @@ def compare(
     summary[label] = {
       'num_runs': len(runs),
       'runs': [
-        {'workdir': str(w), **_curve_summary(e, r, budget), 'diagnostics': run_diagnostics(w)}
+        {
+          'workdir': str(w),
+          **_curve_summary(e, r, budget),
+          'plateaus': plateaus(e, r),
+          'diagnostics': run_diagnostics(w),
+        }
         for w, (e, r) in zip(label_workdirs, runs, strict=True)
       ],
       # Every run is constant between points of x, so the median's own step function is exact.

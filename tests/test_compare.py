@@ -45,6 +45,18 @@ def test_step_values_hold_the_last_row_and_skip_nulls():
   )
 
 
+def test_plateaus_are_the_levels_and_the_calls_spent_on_each():
+  evaluations = np.array([10, 20, 30, 40, 50, 60])
+  regrets = np.array([np.nan, 0.9, 0.9, 0.5, np.nan, 0.5])
+  assert compare.plateaus(evaluations, regrets) == [
+    {'regret': 0.9, 'first_evaluations': 20, 'calls_spent': 20},
+    {'regret': 0.5, 'first_evaluations': 40, 'calls_spent': 20},
+  ]
+  assert compare.plateaus(np.array([5]), np.array([0.25])) == [
+    {'regret': 0.25, 'first_evaluations': 5, 'calls_spent': 0}
+  ]
+
+
 def test_evaluations_to_threshold():
   evaluations, regrets = np.array([10, 20, 40, 80]), np.array([0.9, 0.5, 0.25, 0.0])
   assert compare.evaluations_to_threshold(evaluations, regrets, 0.25) == 40  # <=, not <.
@@ -80,6 +92,12 @@ def test_compare_summary_and_outputs(workdirs, tmp_path):
     'regret_at_budget': 0.25,
     'evaluations_to_regret_0.25': 40,
     'evaluations_to_regret_0': 80,
+    'plateaus': [
+      {'regret': 0.9, 'first_evaluations': 10, 'calls_spent': 10},
+      {'regret': 0.5, 'first_evaluations': 20, 'calls_spent': 20},
+      {'regret': 0.25, 'first_evaluations': 40, 'calls_spent': 40},
+      {'regret': 0.0, 'first_evaluations': 80, 'calls_spent': 0},
+    ],
     'diagnostics': {'wall_clock_s': None},  # Rows without diagnostics, no timings.jsonl.
   }
   assert (a1['final_num_evaluations'], a1['final_simple_regret_best'], a1['regret_at_budget']) == (
@@ -116,7 +134,9 @@ def test_default_labels_are_basenames_and_no_budget_key(workdirs, tmp_path):
   assert all(entry['num_runs'] == 1 for entry in summary.values())
   assert 'regret_at_budget' not in summary['a0']['median']
   run = summary['a1']['runs'][0]
-  assert summary['a1']['median'] == {k: v for k, v in run.items() if k not in ('workdir', 'diagnostics')}
+  assert summary['a1']['median'] == {
+    k: v for k, v in run.items() if k not in ('workdir', 'diagnostics', 'plateaus')
+  }
 
 
 def _llome_workdir(path, regrets, feasible, edit, spearman, seconds):
