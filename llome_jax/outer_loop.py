@@ -55,8 +55,8 @@ class LoopConfig:
       which pairs are safe from the labels alone; rows report how much of the infeasibility the
       assumption explains (`frac_infeasible_explained`).
     mutant_generations: label the round's mutants in this many generations of num_mutants / G, each
-      drawn from the best of the last one and its parents after it is labelled (a (mu + lambda) walk;
-      `_later_mutant_generations`). 1: all at once from the inner loop's seeds. Not in the paper: the
+      drawn from the best of the last one and its parents after it is labelled (a (mu + lambda) walk
+      with truncation to the best value; `_later_mutant_generations`). 1: all at once from the inner loop's seeds. Not in the paper: the
       tuned GA crosses f2's 0.5625 plateau in 19-37 generations of 250 calls, while a round-based
       optimiser gets one step per round, 10 in the paper's budget (issue 17).
   """
@@ -438,9 +438,10 @@ def _later_mutant_generations(
   """Mutant generations 2..G of a round, each labelled before the next is drawn (`mutant_generations`).
 
   The parents of a generation are the `num_seeds` best of the last generation's labelled mutants and
-  its own parents, ties going to the mutants, so that a plateau is walked (each neutral mutant becomes a
-  parent) instead of resampled around the same seeds; repair mutants certify transitions from every
-  label so far, this round's included. Returns the selection, its policy mask and its values, each
+  its own parents, ties going to the mutants, and mutants are drawn from those that hold the best value
+  (the GA's truncation selection): an improvement is exploited at once, and on a plateau each neutral
+  mutant becomes a parent, so the plateau is walked instead of resampled around the same seeds. Repair
+  mutants certify transitions from every label so far, this round's included. Returns the selection, its policy mask and its values, each
   extended by G - 1 generations of `num_mutants / G` rows.
   """
   per_generation = cfg.num_mutants // cfg.mutant_generations
@@ -455,7 +456,7 @@ def _later_mutant_generations(
     mutants_MxL, where_M = _draw_mutants(
       jax.random.fold_in(key, generation),
       parents_SxL,
-      parent_values_S > -jnp.inf,
+      (parent_values_S == parent_values_S[0]) & (parent_values_S > -jnp.inf),
       per_generation,
       num_states=num_states,
       certified=certified,

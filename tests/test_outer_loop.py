@@ -376,25 +376,30 @@ def test_repair_mutants_keep_certified_transitions():
 
 def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
   """Generation 2 of a round's mutants is drawn from the best `num_seeds` of generation 1's labelled
-  mutants and its parents, a tie going to the mutant (a plateau is walked), each labelled before the
-  next is drawn; rows already labelled are not labelled again."""
-  length, per_generation = 12, 4
+  mutants and its parents, ties going to the mutants (a plateau is walked), and among them only from
+  those holding the best value; each generation is labelled before the next is drawn."""
+  length, per_generation = 12, 32
   far = np.stack([np.full(length, token, np.int32) for token in range(6)])  # Pairwise Hamming 12.
-  parents, parent_values = jnp.asarray(far[:2]), jnp.asarray([0.3, 0.2], jnp.float32)
-  # Generation 1, 4 labelled mutants after 2 policy rows: 0.6, 0.1, -inf, 0.3 (ties parent 0).
+  alternating = np.stack([np.arange(length) % 2, 2 + np.arange(length) % 2]).astype(np.int32)
+  # Generation 1 (after 2 policy rows): far 2-5 labelled 0.6, 0.1, -inf, 0.6; its other 28 slots unlabelled.
   policy_rows = np.stack([np.arange(length) % 6, (np.arange(length) + 1) % 6]).astype(np.int32)
-  seqs = jnp.asarray(np.concatenate([policy_rows, far[2:]]))
-  values = jnp.asarray([0.0, 0.0, 0.6, 0.1, -np.inf, 0.3], jnp.float32)
+  unused = per_generation - 4
+  seqs = jnp.asarray(np.concatenate([policy_rows, far[2:], np.zeros((unused, length), np.int32)]))
+  values = jnp.asarray([0.0, 0.0, 0.6, 0.1, -np.inf, 0.6] + [-np.inf] * unused, jnp.float32)
   selection = labelling.Selection(
     seqs_NxL=seqs,
-    likelihood_N=jnp.asarray([0.1, 0.2] + [np.nan] * 4, jnp.float32),
-    where_N=jnp.ones(6, bool),
+    likelihood_N=jnp.asarray([0.1, 0.2] + [np.nan] * per_generation, jnp.float32),
+    where_N=jnp.arange(2 + per_generation) < 6,
     num_unique=jnp.int32(6),
     num_eligible=jnp.int32(6),
     threshold=jnp.float32(0.0),
   )
   cfg = dataclasses.replace(
-    problem['cfg'], num_seeds=2, num_mutants=2 * per_generation, mutant_generations=2, mutant_kind='blind'
+    problem['cfg'],
+    select=labelling.SelectConfig(num_labels=2 + 2 * per_generation),
+    num_mutants=2 * per_generation,
+    mutant_generations=2,
+    mutant_kind='blind',
   )
   calls = []
 
@@ -402,29 +407,37 @@ def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
     calls.append(x.shape)
     return jnp.where(where, jnp.float32(0.25), -jnp.inf)
 
-  history = archive.init(64, length)
-  combined, policy_N, values_N = outer_loop._later_mutant_generations(
-    jax.random.key(3),
-    selection,
-    jnp.arange(6) < 2,
-    values,
-    parents,
-    parent_values,
-    history,
-    cfg=cfg,
-    num_states=_STATES,
-    evaluate=evaluate,
-  )
-  assert calls == [(per_generation, length)]  # One oracle call, for generation 2 alone.
-  assert combined.seqs_NxL.shape == (10, length) and np.asarray(policy_N).tolist() == [True] * 2 + [False] * 8
-  np.testing.assert_array_equal(np.asarray(combined.seqs_NxL[:6]), np.asarray(seqs))
-  gen2 = np.asarray(combined.seqs_NxL[6:])[np.asarray(combined.where_N[6:])]
-  assert len(gen2) > 0 and np.all(np.asarray(values_N[6:])[np.asarray(combined.where_N[6:])] == 0.25)
-  # Best 2 of {gen1: 0.6, 0.1, -inf, 0.3; parents: 0.3, 0.2}: gen1 rows 0 and 3 (far 2 and 5), the tie
-  # at 0.3 going to the mutant, not to parent 0.
-  distances = (gen2[:, None, :] != far[None]).sum(-1)
-  assert np.all(distances.min(axis=1) == 2) and set(distances.argmin(axis=1).tolist()) == {2, 5}
-  assert np.isnan(np.asarray(combined.likelihood_N[6:])).all()
+  def generation_2(parents, parent_values):
+    calls.clear()
+    combined, policy_N, values_N = outer_loop._later_mutant_generations(
+      jax.random.key(3),
+      selection,
+      jnp.arange(2 + per_generation) < 2,
+      values,
+      jnp.asarray(parents),
+      jnp.asarray(parent_values, jnp.float32),
+      archive.init(64, length),
+      cfg=cfg,
+      num_states=_STATES,
+      evaluate=evaluate,
+    )
+    assert calls == [(per_generation, length)]  # One oracle call, for generation 2 alone.
+    first = 2 + per_generation
+    assert np.asarray(policy_N).tolist() == [True] * 2 + [False] * (2 * per_generation)
+    np.testing.assert_array_equal(np.asarray(combined.seqs_NxL[:first]), np.asarray(seqs))
+    assert np.isnan(np.asarray(combined.likelihood_N[2:])).all()
+    where = np.asarray(combined.where_N[first:])
+    assert where.sum() > per_generation // 2 and np.all(np.asarray(values_N[first:])[where] == 0.25)
+    rows = np.asarray(combined.seqs_NxL[first:])[where]
+    distances = (rows[:, None, :] != np.concatenate([far, alternating])[None]).sum(-1)
+    assert np.all(distances.min(axis=1) == 2)  # Each a 2-site mutant of one of these rows ...
+    return set(distances.argmin(axis=1).tolist())  # ... namely of these.
+
+  # 2 parents, far 0 and 1 labelled 0.6 and 0.2: the best 2 are generation 1's 0.6s (far 2 and 5); far 0
+  # ties with them and loses to the mutants.
+  assert generation_2(far[:2], [0.6, 0.2]) == {2, 5}
+  # 4 parents: the best 4 are far 2, 5, 0 (0.6) and far 1 (0.2); only the 0.6s are drawn.
+  assert generation_2(np.concatenate([far[:2], alternating]), [0.6, 0.2, 0.05, 0.05]) == {0, 2, 5}
 
 
 def test_mutant_generations_in_a_round(problem):
