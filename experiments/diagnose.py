@@ -239,6 +239,12 @@ def diagnose(
     # Evenly spaced in the order first labelled: the oldest and the newest plateau sequences both.
     picks = np.unique(np.linspace(0, len(centres_all) - 1, min(max_sequences, len(centres_all))).round())
     row = {'round': r, 'best_value': best, 'num_plateau': len(centres_all), 'analysed': len(picks)}
+    held_where = collections.Counter(
+      tuple(map(tuple, a.tolist()))
+      for a in landscape.motif_arrangements(setup.problem.ehrlich_params, centres_all)
+    )
+    # Every plateau sequence's arrangement ((elements present, start) per motif), the commonest first.
+    row['arrangements'] = [[[list(m) for m in key], count] for key, count in held_where.most_common(3)]
     land, centres = landscape_row(setup.problem.ehrlich_params, centres_all[picks.astype(int)])
     row |= land
     if r in steps:
@@ -269,13 +275,20 @@ def _per_sequence(counts: list[int]) -> str:
   return ', '.join(str(c) for c in counts)
 
 
+def _arrangement(row: dict) -> str:
+  if not row.get('arrangements'):
+    return '-'
+  motifs, count = row['arrangements'][0]
+  return f'{" ".join(f"{present}@{start}" for present, start in motifs)}, {count} of {row["num_plateau"]}'
+
+
 def markdown(rows: list[dict]) -> str:
   lines = [
     '| round | best f | plateau seqs | improving 1-site edits (per seq) | improving 2-site edits (per seq) '
     '| top 2-site positions | proposals: Hamming, feasible, improving | improving edits: likelihood '
     'percentile (median, max) | improving edits kept by selection | chance a proposal is an improving '
-    'edit (best temperature) vs a random 2-site edit |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    'edit (best temperature) vs a random 2-site edit | commonest motif arrangement (present@start), share |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for row in rows:
     policy = row.get('policy')
@@ -296,7 +309,7 @@ def markdown(rows: list[dict]) -> str:
     lines.append(
       f'| {row["round"]} | {row["best_value"]:.4f} | {row["num_plateau"]} (analysed {row["analysed"]}) | '
       f'{_per_sequence(row["improving_singles"])} | {_per_sequence(row["improving_doubles"])} | {sites} | '
-      f'{proposals} | {ranks} | {kept} | {odds} |'
+      f'{proposals} | {ranks} | {kept} | {odds} | {_arrangement(row)} |'
     )
   return '\n'.join(lines) + '\n'
 

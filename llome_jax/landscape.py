@@ -42,6 +42,26 @@ def substitutions(x_L: np.ndarray, num_states: int, num_sites: int) -> tuple[np.
   return edits_NxL.astype(x_L.dtype), sites_NxK
 
 
+def motif_arrangements(params: ehrlich.EhrlichParams, seqs_NxL: np.ndarray) -> np.ndarray:
+  """Where each sequence holds each motif: at the placement with the most of its elements present
+  (the earliest start among ties), how many elements that is and where it starts. Ehrlich's motif
+  presence is the maximum over placements, so two sequences of equal f can hold their motifs in
+  different places; a plateau whose sequences all share one arrangement is a single trap.
+
+  Returns:
+    int32 [N, c, 2]: (elements present, start position) of each motif c.
+  """
+  seqs_NxL = np.asarray(seqs_NxL)
+  out = np.zeros((seqs_NxL.shape[0], len(params.motifs), 2), np.int32)
+  for m, (motif, gaps) in enumerate(zip(params.motifs, params.spacings, strict=True)):
+    offsets_K = np.concatenate([[0], np.cumsum(gaps)]).astype(np.int64)
+    starts_S = np.arange(seqs_NxL.shape[1] - offsets_K[-1])
+    present_NxS = (seqs_NxL[:, starts_S[:, None] + offsets_K[None]] == np.asarray(motif)).sum(-1)
+    best_N = present_NxS.argmax(axis=1)  # The first maximum: the earliest start.
+    out[:, m] = np.stack([present_NxS[np.arange(len(best_N)), best_N], starts_S[best_N]], axis=1)
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Neighbourhood:
   """The substitutions of one sequence at `num_sites` sites and the improving feasible ones."""

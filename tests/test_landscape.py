@@ -25,6 +25,32 @@ def test_substitutions_are_every_edit_at_exactly_k_sites(num_sites):
   assert edits.min() >= 0 and edits.max() < 4
 
 
+def test_motif_arrangements_against_brute_force():
+  params = ehrlich.sample_params(
+    jax.random.key(7),
+    num_states=6,
+    dim=16,
+    num_motifs=2,
+    motif_length=3,
+    quantization=3,
+    epistasis_factor=0.0,
+  )
+  optimum = np.asarray(ehrlich.optimal_solution(params, 16))
+  rng = np.random.default_rng(0)
+  seqs = np.concatenate([optimum[None], rng.integers(0, 6, (50, 16))]).astype(np.int32)
+  got = landscape.motif_arrangements(params, seqs)
+  for x, arrangement in zip(seqs, got, strict=True):
+    for (motif, gaps), (present, start) in zip(
+      zip(params.motifs, params.spacings, strict=True), arrangement, strict=True
+    ):
+      offsets = np.concatenate([[0], np.cumsum(gaps)])
+      counts = [int((x[s + offsets] == motif).sum()) for s in range(16 - offsets[-1])]
+      assert present == max(counts) and start == counts.index(max(counts))
+  # The optimum holds every motif whole where optimal_solution wrote it, one after another.
+  spans = [0] + np.cumsum([sum(g) + 1 for g in params.spacings]).tolist()[:-1]
+  np.testing.assert_array_equal(got[0], [[3, start] for start in spans])
+
+
 def _brute_force_improving(params, x, num_sites):
   value = float(ehrlich.evaluate(params, x[None])[0])
   found = set()

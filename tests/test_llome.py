@@ -268,6 +268,8 @@ def test_diagnose_reports_every_round(uninterrupted):
     assert (row['best_reachable_value'] is None) == (sum(improving) == 0)
     if row['best_reachable_value'] is not None:
       assert row['best_reachable_value'] > row['best_value']
+    counts = [count for _, count in row['arrangements']]
+    assert counts == sorted(counts, reverse=True) and 1 <= sum(counts) <= row['num_plateau']
   assert all('policy' not in row for row in rows[:2])
   setup = llome.build_setup(_config())
   for row in rows[2:]:

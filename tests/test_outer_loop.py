@@ -186,12 +186,15 @@ def test_seeds_fall_back_to_the_best_labelled_sequences(problem):
 
 def _one_round_on(problem, mesh, *, split_rows: bool):
   """One SFT round at a learning rate of 1e-30, rows that do not divide 8 (6 seeds x 5 decoding
-  settings = 30 trajectories, 21 labels)."""
+  settings = 30 trajectories, 21 labels, 6 of them repair mutants in 2 generations of 3)."""
   cfg = dataclasses.replace(
     problem['cfg'],
     select=labelling.SelectConfig(num_labels=21),
     sft_optim=train.OptimConfig(learning_rate=1e-30),
     split_rows=split_rows,
+    num_mutants=6,
+    mutant_kind='repair',
+    mutant_generations=2,
   )
   state_sh = outer_loop.state_shardings(problem['state'], mesh)
   run = outer_loop.jit_run_rounds(
@@ -222,6 +225,7 @@ def test_a_round_on_8_devices_equals_one_device(problem, one_device_round, split
     problem, sharding.make_mesh(8), split_rows=split_rows
   )
   assert metrics_1['num_labelled'][0] > 0 and metrics_1['num_pairs'][0] > 0
+  assert metrics_1['num_labelled_mutants'][0] > 0
   chex.assert_trees_all_equal(selection_8.seqs_NxL, selection_1.seqs_NxL)
   chex.assert_trees_all_equal(selection_8.where_N, selection_1.where_N)
   chex.assert_trees_all_equal(values_8, values_1)
