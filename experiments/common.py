@@ -2,6 +2,7 @@
 workdir protocol (a rerun resumes, another config is refused, --overwrite clears)."""
 
 import contextlib
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -334,13 +335,34 @@ class Budget:
   keys: str
 
 
-def with_oracle_section(held: dict, defaults: dict) -> dict:
-  """A config.json written before configs had an `oracle` section, read as one with an unset section
-  (the Ehrlich function, as it was), so those runs still resume and diagnose."""
-  if 'oracle' in held or 'oracle' not in defaults:
-    return held
-  unset = {k: ('' if isinstance(v, str) else None) for k, v in defaults['oracle'].items()}
-  return held | {'oracle': unset}
+# Keys added to the configs after runs were recorded, each with the value that reproduces what a run
+# recorded without it did. A config.json without one is read as holding that value, so the run still
+# resumes (when the config asked for matches it) and can be diagnosed.
+ADDED_KEYS = {
+  'outer.mutant_fraction': 0.0,
+  'outer.mutant_kind': 'blind',
+  'outer.mutant_generations': 1,
+}
+
+
+def with_added_keys(held: dict, defaults: dict) -> dict:
+  """A config.json recorded before some keys existed, read as the config it ran: an `oracle` section,
+  where `defaults` has one and `held` has none, is unset (the Ehrlich function, as it was); each of
+  `ADDED_KEYS` that `defaults` has and `held`'s section lacks takes its recorded value."""
+  held = copy.deepcopy(held)
+  if 'oracle' in defaults and 'oracle' not in held:
+    held['oracle'] = {k: ('' if isinstance(v, str) else None) for k, v in defaults['oracle'].items()}
+  for dotted, value in ADDED_KEYS.items():
+    *sections, key = dotted.split('.')
+    have, want = held, defaults
+    for name in sections:
+      have, want = have.get(name), want.get(name)
+      if not isinstance(have, dict) or not isinstance(want, dict):
+        break
+    else:
+      if key in want and key not in have:
+        have[key] = value
+  return held
 
 
 def _delete(workdir: pathlib.Path, outputs: tuple[str, ...]) -> None:
@@ -396,7 +418,7 @@ def _check_workdir(workdir, config_path, wanted, outputs, may_change, budget: Bu
         f'{config_path} is not valid JSON ({error}), so this workdir cannot be resumed; choose another '
         'workdir or pass --overwrite to delete its outputs.'
       ) from None
-    changes = config_differences(with_oracle_section(held, wanted), wanted)
+    changes = config_differences(with_added_keys(held, wanted), wanted)
     fixed = {key: change for key, change in changes.items() if key not in may_change}
     if fixed:
       listed = '; '.join(f'{key}: {a!r} -> {b!r}' for key, (a, b) in fixed.items())

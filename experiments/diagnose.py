@@ -213,7 +213,7 @@ def diagnose(
   """The diagnosis of every round (or of `rounds`) of an LLOME workdir; writes diagnosis.jsonl/.md."""
   workdir = pathlib.Path(workdir)
   held = json.loads((workdir / 'config.json').read_text())
-  config = ml_collections.ConfigDict(common.with_oracle_section(held, llome_defaults.get_config().to_dict()))
+  config = ml_collections.ConfigDict(common.with_added_keys(held, llome_defaults.get_config().to_dict()))
   if isinstance(config.inner.temperatures, list):
     with config.unlocked():
       config.inner.temperatures = tuple(config.inner.temperatures)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import llome
+from experiments import common, llome
 from experiments.configs import smoke
 from llome_jax import metrics_io
 from llome_jax.test_functions import ehrlich
@@ -280,3 +280,25 @@ def test_diagnose_reports_every_round(uninterrupted):
     assert 0 <= policy['improving_kept'] <= policy['improving_edits']
   assert (workdir / 'diagnosis.md').read_text().count('\n') == 2 + len(rows)
   assert metrics_io.read_jsonl(workdir / 'diagnosis.jsonl') == json.loads(json.dumps(rows))
+
+
+def test_a_config_recorded_before_later_keys_still_resumes(tmp_path):
+  """A workdir whose config.json predates `oracle` and the mutant keys is read as holding the values
+  that reproduce what it ran (common.ADDED_KEYS): the same config resumes it, a changed one is refused."""
+  config = _config()
+  workdir = tmp_path / 'old'
+  workdir.mkdir()
+  held = json.loads(json.dumps(config.to_dict()))
+  del held['oracle']
+  for key in ('mutant_fraction', 'mutant_kind', 'mutant_generations'):
+    del held['outer'][key]
+  (workdir / 'config.json').write_text(json.dumps(held))
+  common.prepare_workdir(workdir, config, overwrite=False, outputs=('metrics.jsonl',))
+  assert json.loads((workdir / 'config.json').read_text()) == json.loads(json.dumps(config.to_dict()))
+  (workdir / 'config.json').write_text(json.dumps(held))
+  changed = _config()
+  changed.outer.mutant_fraction, changed.outer.mutant_generations = 0.5, 4
+  with pytest.raises(
+    FileExistsError, match=r'outer.mutant_fraction: 0.0 -> 0.5; outer.mutant_generations: 1 -> 4'
+  ):
+    common.prepare_workdir(workdir, changed, overwrite=False, outputs=('metrics.jsonl',))
