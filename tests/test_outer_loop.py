@@ -272,11 +272,13 @@ def test_mutant_slots_never_repeat_a_label():
 
 
 def test_repair_mutants_in_a_round_label_only_certified_transitions(problem):
-  """A round giving 8 of its 24 labels to repair mutants: they are paid for like any label, hold only
-  transitions that a feasible label held before the round, and on an Ehrlich function (feasibility is
-  a ban on adjacent pairs) the adjacent-pair model explains every infeasible label."""
+  """A round giving 8 of its 24 labels to repair mutants in 2 generations of 4: they are paid for like
+  any label, never repeat one, and hold only transitions that a feasible label held before they were
+  drawn (generation 2's certification includes the round's first 20 labels); a generation-2 mutant
+  descends from a seed or a generation-1 mutant; and on an Ehrlich function (feasibility is a ban on
+  adjacent pairs) the adjacent-pair model explains every infeasible label."""
   before = _copy(problem['state'])
-  cfg = dataclasses.replace(problem['cfg'], num_mutants=8, mutant_kind='repair')
+  cfg = dataclasses.replace(problem['cfg'], num_mutants=8, mutant_kind='repair', mutant_generations=2)
   run = outer_loop.jit_run_rounds(
     outer_loop.state_shardings(before, sharding.make_mesh(1)),
     sharding.make_mesh(1),
@@ -288,14 +290,33 @@ def test_repair_mutants_in_a_round_label_only_certified_transitions(problem):
   certified = np.asarray(outer_loop.certified_transitions(before.history, _STATES))
   state, (metrics, selection, values) = run(_copy(before), 1, 'sft', 1)
   metrics, selection, values = jax.tree.map(lambda x: np.asarray(x[0]), (metrics, selection, values))
-  mutants = selection.seqs_NxL[-8:][selection.where_N[-8:]]
-  assert 0 < metrics['num_labelled_mutants'] == len(mutants)
+  assert selection.seqs_NxL.shape[0] == 24
   assert (
     int(state.num_evaluations) - int(before.num_evaluations)
     == metrics['num_labelled']
     == selection.where_N.sum()
   )
-  assert certified[mutants[:, :-1], mutants[:, 1:]].all()
+  labelled = selection.seqs_NxL[selection.where_N]
+  assert len({tuple(r) for r in labelled.tolist()}) == len(labelled)
+  np.testing.assert_array_equal(
+    values[selection.where_N], np.asarray(ehrlich.evaluate(problem['params'], jnp.asarray(labelled)))
+  )
+  first, second = selection.seqs_NxL[16:20], selection.seqs_NxL[20:]
+  first_where, second_where = selection.where_N[16:20], selection.where_N[20:]
+  first_rows, second_rows = first[first_where], second[second_where]
+  assert 0 < metrics['num_labelled_mutants'] == len(first_rows) + len(second_rows)
+  assert len(first_rows) and len(second_rows)
+  assert certified[first_rows[:, :-1], first_rows[:, 1:]].all()
+  grown = archive.add(
+    before.history,
+    jnp.asarray(selection.seqs_NxL[:20]),
+    jnp.asarray(values[:20]),
+    jnp.asarray(selection.where_N[:20]),
+  )
+  certified_later = np.asarray(outer_loop.certified_transitions(grown, _STATES))
+  assert certified_later[second_rows[:, :-1], second_rows[:, 1:]].all()
+  parents = np.concatenate([np.asarray(archive.contents(before.history)[0]), first_rows])
+  assert ((second_rows[:, None, :] != parents[None]).sum(-1).min(axis=1) <= 3).all()
   assert metrics['num_certified_transitions'] == certified.sum()
   assert not np.isfinite(np.asarray(before.history.values_C)[: int(before.history.count)]).all()
   assert metrics['frac_infeasible_explained'] == 1.0
@@ -442,49 +463,3 @@ def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
   assert generation_2(far[:2], [0.6, 0.2]) == {2, 5}
   # 4 parents: the best 4 are far 2, 5, 0 (0.6) and far 1 (0.2); only the 0.6s are drawn.
   assert generation_2(np.concatenate([far[:2], alternating]), [0.6, 0.2, 0.05, 0.05]) == {0, 2, 5}
-
-
-def test_mutant_generations_in_a_round(problem):
-  """A round of 24 labels with 8 repair mutants in 2 generations: labels and evaluations agree, every
-  mutant holds transitions certified by labels made before it, and a generation-2 mutant descends from
-  a generation-1 mutant or a seed."""
-  before = _copy(problem['state'])
-  cfg = dataclasses.replace(problem['cfg'], num_mutants=8, mutant_kind='repair', mutant_generations=2)
-  run = outer_loop.jit_run_rounds(
-    outer_loop.state_shardings(before, sharding.make_mesh(1)),
-    sharding.make_mesh(1),
-    graphdef=problem['graphdef'],
-    problem=oracle.ehrlich_problem(problem['params'], _LENGTH),
-    codec=problem['codec'],
-    cfg=cfg,
-  )
-  state, (metrics, selection, values) = run(_copy(before), 1, 'sft', 1)
-  metrics, selection, values = jax.tree.map(lambda x: np.asarray(x[0]), (metrics, selection, values))
-  assert selection.seqs_NxL.shape[0] == 24
-  assert (
-    int(state.num_evaluations) - int(before.num_evaluations)
-    == metrics['num_labelled']
-    == selection.where_N.sum()
-  )
-  labelled = selection.seqs_NxL[selection.where_N]
-  assert len({tuple(r) for r in labelled.tolist()}) == len(labelled)
-  np.testing.assert_array_equal(
-    values[selection.where_N], np.asarray(ehrlich.evaluate(problem['params'], jnp.asarray(labelled)))
-  )
-  first, second = selection.seqs_NxL[16:20], selection.seqs_NxL[20:]
-  first_where, second_where = selection.where_N[16:20], selection.where_N[20:]
-  assert metrics['num_labelled_mutants'] == first_where.sum() + second_where.sum() > 0
-  # Certification grows with the round's own labels: generation 2's transitions were certified by the
-  # history before the round or by a feasible label of the round's first 20 rows.
-  grown = archive.add(
-    before.history,
-    jnp.asarray(selection.seqs_NxL[:20]),
-    jnp.asarray(values[:20]),
-    jnp.asarray(selection.where_N[:20]),
-  )
-  certified = np.asarray(outer_loop.certified_transitions(grown, _STATES))
-  second_rows = second[second_where]
-  assert certified[second_rows[:, :-1], second_rows[:, 1:]].all()
-  history_rows = np.asarray(archive.contents(before.history)[0])
-  parents = np.concatenate([history_rows, first[first_where]])
-  assert ((second_rows[:, None, :] != parents[None]).sum(-1).min(axis=1) <= 3).all()
