@@ -239,12 +239,12 @@ def diagnose(
     # Evenly spaced in the order first labelled: the oldest and the newest plateau sequences both.
     picks = np.unique(np.linspace(0, len(centres_all) - 1, min(max_sequences, len(centres_all))).round())
     row = {'round': r, 'best_value': best, 'num_plateau': len(centres_all), 'analysed': len(picks)}
-    held_where = collections.Counter(
+    # Every plateau sequence's arrangement ((elements present, start) per motif), the commonest first.
+    arrangements = collections.Counter(
       tuple(map(tuple, a.tolist()))
       for a in landscape.motif_arrangements(setup.problem.ehrlich_params, centres_all)
     )
-    # Every plateau sequence's arrangement ((elements present, start) per motif), the commonest first.
-    row['arrangements'] = [[[list(m) for m in key], count] for key, count in held_where.most_common(3)]
+    row['arrangements'] = [[[list(m) for m in key], count] for key, count in arrangements.most_common(3)]
     land, centres = landscape_row(setup.problem.ehrlich_params, centres_all[picks.astype(int)])
     row |= land
     if r in steps:

@@ -56,9 +56,10 @@ class LoopConfig:
       assumption explains (`frac_infeasible_explained`).
     mutant_generations: label the round's mutants in this many generations of num_mutants / G, each
       drawn from the best of the last one and its parents after it is labelled (a (mu + lambda) walk
-      with truncation to the best value; `_later_mutant_generations`). 1: all at once from the inner loop's seeds. Not in the paper: the
-      tuned GA crosses f2's 0.5625 plateau in 19-37 generations of 250 calls, while a round-based
-      optimiser gets one step per round, 10 in the paper's budget (issue 17).
+      with truncation to the best value; `_later_mutant_generations`). 1: all at once from the inner
+      loop's seeds. Not in the paper: the tuned GA crosses f2's 0.5625 plateau in 19-37 generations of
+      250 calls, while a round-based optimiser gets one step per round, 10 in the paper's budget
+      (issue 17).
   """
 
   pairs: pairs.PairConfig
@@ -92,7 +93,8 @@ class LoopConfig:
       raise ValueError('first_round_epochs and epochs must be >= 1.')
     if self.mutant_generations < 1 or self.num_mutants % self.mutant_generations:
       raise ValueError(
-        f'mutant_generations={self.mutant_generations} must be >= 1 and divide num_mutants={self.num_mutants}.'
+        f'mutant_generations={self.mutant_generations} must be >= 1 and divide '
+        f'num_mutants={self.num_mutants}.'
       )
     if not 0 <= self.num_mutants < self.select.num_labels:
       raise ValueError(
@@ -441,8 +443,8 @@ def _later_mutant_generations(
   its own parents, ties going to the mutants, and mutants are drawn from those that hold the best value
   (the GA's truncation selection): an improvement is exploited at once, and on a plateau each neutral
   mutant becomes a parent, so the plateau is walked instead of resampled around the same seeds. Repair
-  mutants certify transitions from every label so far, this round's included. Returns the selection, its policy mask and its values, each
-  extended by G - 1 generations of `num_mutants / G` rows.
+  mutants certify transitions from every label so far, this round's included. Returns the selection,
+  its policy mask and its values, each extended by G - 1 generations of `num_mutants / G` rows.
   """
   per_generation = cfg.num_mutants // cfg.mutant_generations
   seqs, wheres, values, policies = [selection.seqs_NxL], [selection.where_N], [values_N], [policy_N]
