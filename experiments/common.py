@@ -342,6 +342,7 @@ ADDED_KEYS = {
   'outer.mutant_fraction': 0.0,
   'outer.mutant_kind': 'blind',
   'outer.mutant_generations': 1,
+  'outer.seed_pool': 1,
 }
 
 

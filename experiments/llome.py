@@ -148,6 +148,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     num_mutants=num_mutants,
     mutant_kind=outer.mutant_kind,
     mutant_generations=outer.mutant_generations,
+    seed_pool=outer.seed_pool,
   )
   pool = inner.num_iterations * outer.num_seeds * inner.rows_per_seed
   if outer.num_labels > pool:

@@ -17,6 +17,7 @@ from llome_jax import archive as archive_lib
 from llome_jax import codec as codec_lib
 from llome_jax import inner_loop, labelling, oracle, pairs, round_metrics, sharding, train
 from llome_jax import model as model_lib
+from llome_jax.lambo2 import selection as lambo2_selection
 
 SCHEDULES = ('sft', 'marge', 'dpo')
 MUTANT_KINDS = ('blind', 'repair')
@@ -60,6 +61,12 @@ class LoopConfig:
       loop's seeds. Not in the paper: the tuned GA crosses f2's 0.5625 plateau in 19-37 generations of
       250 calls, while a round-based optimiser gets one step per round, 10 in the paper's budget
       (issue 17).
+    seed_pool: 1: the seeds are the better members of the best pairs (the paper). E > 1: the best
+      E x num_seeds labelled sequences so far, thinned to num_seeds by farthest-first traversal on
+      Hamming distance (`_diverse_seeds`). Not in the paper: on f2's 0.5625 plateau thousands of
+      labelled sequences tie, 95-100% of them in one arrangement of the motifs, and the best pairs
+      seed the round from wherever the last batch's ties fell; spreading the seeds over the ties
+      walks the plateau from its far ends (issue 17).
   """
 
   pairs: pairs.PairConfig
@@ -79,6 +86,7 @@ class LoopConfig:
   num_mutants: int = 0
   mutant_kind: str = 'blind'
   mutant_generations: int = 1
+  seed_pool: int = 1
 
   def __post_init__(self):
     if self.mutant_kind not in MUTANT_KINDS:
@@ -89,6 +97,8 @@ class LoopConfig:
       raise ValueError(f'batch_size must be positive, got {self.batch_size}.')
     if not 1 <= self.num_seeds <= self.pairs.capacity:
       raise ValueError(f'num_seeds={self.num_seeds} must lie in [1, pair capacity {self.pairs.capacity}].')
+    if self.seed_pool < 1:
+      raise ValueError(f'seed_pool must be >= 1, got {self.seed_pool}.')
     if self.first_round_epochs < 1 or self.epochs < 1:
       raise ValueError('first_round_epochs and epochs must be >= 1.')
     if self.mutant_generations < 1 or self.num_mutants % self.mutant_generations:
@@ -294,6 +304,25 @@ def _seeds(
   where_S = from_pairs_S | fill_where_S
   values_S = jnp.where(from_pairs_S, state.labelled_values_C[better_S], top_values[fill_S])
   return seeds_SxL.astype(jnp.int32), where_S, jnp.where(where_S, values_S, -jnp.inf)
+
+
+def _diverse_seeds(state: OuterState, num_seeds: int, pool: int):
+  """The best `pool` x num_seeds labelled sequences so far (history order breaks ties), thinned to
+  num_seeds by farthest-first traversal on Hamming distance from the best (`seed_pool`). Returns
+  (seeds, which are real, their labelled values), as `_seeds`."""
+  history = state.history
+  stored_where = jnp.arange(history.capacity) < history.count
+  stored_values = jnp.where(stored_where, history.values_C, -jnp.inf)
+  top_values, top_idx = jax.lax.top_k(stored_values, min(pool * num_seeds, history.capacity))
+  chosen_S, real_S = lambo2_selection.farthest_first(
+    history.sequences_CxL[top_idx], top_values, top_values > -jnp.inf, num_seeds, distance='hamming'
+  )
+  where_S = real_S & (top_values[chosen_S] > -jnp.inf)
+  return (
+    history.sequences_CxL[top_idx[chosen_S]].astype(jnp.int32),
+    where_S,
+    jnp.where(where_S, top_values[chosen_S], -jnp.inf),
+  )
 
 
 def two_site_mutants(
@@ -524,7 +553,10 @@ def round_step(
   metrics |= {'num_pairs': jnp.sum(found.where_P, dtype=jnp.int32), 'num_pair_candidates': num_candidates}
 
   # ------------------------------------------------------------------ Inner loop, no oracle.
-  seeds_SxL, seed_where_S, seed_values_S = _seeds(state, found, cfg.num_seeds)
+  if cfg.seed_pool > 1:
+    seeds_SxL, seed_where_S, seed_values_S = _diverse_seeds(state, cfg.num_seeds, cfg.seed_pool)
+  else:
+    seeds_SxL, seed_where_S, seed_values_S = _seeds(state, found, cfg.num_seeds)
   shift = inner_loop.collapse_shift(state.mean_hamming) if cfg.temperature_scaling else jnp.float32(0.0)
   gens = inner_loop.run(
     inner_key, graphdef, params, seeds_SxL, seed_where_S, shift, codec=codec, cfg=cfg.inner, mesh=rows_mesh

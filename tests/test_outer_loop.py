@@ -186,7 +186,8 @@ def test_seeds_fall_back_to_the_best_labelled_sequences(problem):
 
 def _one_round_on(problem, mesh, *, split_rows: bool):
   """One SFT round at a learning rate of 1e-30, rows that do not divide 8 (6 seeds x 5 decoding
-  settings = 30 trajectories, 21 labels, 6 of them repair mutants in 2 generations of 3)."""
+  settings = 30 trajectories, 21 labels, 6 of them repair mutants in 2 generations of 3), the seeds
+  spread farthest-first over the best 12 labelled sequences (seed_pool=2)."""
   cfg = dataclasses.replace(
     problem['cfg'],
     select=labelling.SelectConfig(num_labels=21),
@@ -195,6 +196,7 @@ def _one_round_on(problem, mesh, *, split_rows: bool):
     num_mutants=6,
     mutant_kind='repair',
     mutant_generations=2,
+    seed_pool=2,
   )
   state_sh = outer_loop.state_shardings(problem['state'], mesh)
   run = outer_loop.jit_run_rounds(
@@ -397,6 +399,54 @@ def test_repair_mutants_keep_certified_transitions():
     repaired += len(changed) > 1
   assert repaired > 100  # Repairs happen, and are not the only case.
   assert repaired < len(mutants)
+
+
+def _farthest_first_reference(seqs, values, num):
+  """Farthest-first by brute force over the candidates ranked best first (stable): the first, then
+  the one farthest (Hamming) from its nearest chosen row, ties to the better rank."""
+  order = sorted(range(len(values)), key=lambda i: -values[i])
+  chosen = [order[0]]
+  while len(chosen) < min(num, len(order)):
+    left = [i for i in order if i not in chosen]
+    nearest = [min(int((seqs[i] != seqs[j]).sum()) for j in chosen) for i in left]
+    chosen.append(left[int(np.argmax(nearest))])  # argmax: the first (best-ranked) of the farthest.
+  return chosen
+
+
+def test_diverse_seeds_spread_over_the_tied_best(problem):
+  """seed_pool=E: the best E x S labelled sequences thinned farthest-first on Hamming distance, so a
+  cluster of near-identical ties yields one seed and the far ties the others."""
+  rng = np.random.default_rng(0)
+  length = 12
+  base = rng.integers(0, _STATES, length)
+  cluster = np.repeat(base[None], 6, axis=0)
+  cluster[np.arange(1, 6), np.arange(1, 6)] = (base[1:6] + 1) % _STATES  # 1-site variants of `base`.
+  others = rng.integers(0, _STATES, (10, length))
+  seqs = np.concatenate([cluster, others]).astype(np.int32)
+  # The cluster and others 0-1 tie at 0.5; others 2-5 hold 0.3; 6-7 are infeasible; 8-9 hold 0.1.
+  values = np.array([0.5] * 8 + [0.3] * 4 + [-np.inf] * 2 + [0.1] * 2, np.float32)
+  history = archive.add(archive.init(32, length), jnp.asarray(seqs), jnp.asarray(values))
+  state = problem['state'].replace(history=history)
+
+  seeds, where, seed_values = outer_loop._diverse_seeds(state, 3, 2)  # Pool: the best 6, all cluster.
+  assert np.asarray(where).all()
+  expected = _farthest_first_reference(seqs[:6], values[:6], 3)
+  np.testing.assert_array_equal(np.asarray(seeds), seqs[expected])
+  np.testing.assert_array_equal(np.asarray(seed_values), values[expected])
+
+  seeds, where, seed_values = outer_loop._diverse_seeds(state, 3, 4)  # Pool: the best 12.
+  expected = _farthest_first_reference(seqs[:12], values[:12], 3)
+  np.testing.assert_array_equal(np.asarray(seeds), seqs[expected])
+  assert expected[0] == 0 and sum(i < 6 for i in expected) == 1  # One seed from the cluster.
+  pairwise = lambda x: min(int((a != b).sum()) for i, a in enumerate(x) for b in x[i + 1 :])  # noqa: E731
+  assert pairwise(np.asarray(seeds)) > pairwise(seqs[:3])  # Farther apart than the plain top 3.
+
+  # More seeds than feasible rows: every feasible row once, and the rest unreal at -inf.
+  seeds, where, seed_values = outer_loop._diverse_seeds(state, 16, 1)
+  where, seed_values = np.asarray(where), np.asarray(seed_values)
+  assert where.sum() == 14 and np.all(seed_values[~where] == -np.inf)
+  got = {tuple(row) for row in np.asarray(seeds)[where]}
+  assert got == {tuple(row) for row in seqs[np.isfinite(values)]}
 
 
 def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
