@@ -61,9 +61,10 @@ class LoopConfig:
       loop's seeds. Not in the paper: the tuned GA crosses f2's 0.5625 plateau in 19-37 generations of
       250 calls, while a round-based optimiser gets one step per round, 10 in the paper's budget
       (issue 17).
-    seed_pool: 1: the seeds are the better members of the best pairs (the paper). E > 1: the best
-      E x num_seeds labelled sequences so far, thinned to num_seeds by farthest-first traversal on
-      Hamming distance (`_diverse_seeds`). Not in the paper: on f2's 0.5625 plateau thousands of
+    seed_pool: 1: the seeds are the better members of the best pairs (the paper). E > 1: of the best
+      E x num_seeds labelled sequences so far, those at the best value, thinned to num_seeds by
+      farthest-first traversal on Hamming distance, then the next best (`_diverse_seeds`); without
+      ties, the best num_seeds. Not in the paper: on f2's 0.5625 plateau thousands of
       labelled sequences tie, 95-100% of them in one arrangement of the motifs, and the best pairs
       seed the round from wherever the last batch's ties fell; spreading the seeds over the ties
       walks the plateau from its far ends (issue 17).
@@ -307,21 +308,32 @@ def _seeds(
 
 
 def _diverse_seeds(state: OuterState, num_seeds: int, pool: int):
-  """The best `pool` x num_seeds labelled sequences so far (history order breaks ties), thinned to
-  num_seeds by farthest-first traversal on Hamming distance from the best (`seed_pool`). Returns
-  (seeds, which are real, their labelled values), as `_seeds`."""
+  """Seeds spread over the best labelled sequences (`seed_pool`): of the best `pool` x num_seeds so far
+  (newer first among equal values), those holding the best value, thinned farthest-first on Hamming
+  distance when there are more than num_seeds, then the next best by value. Without ties this is the
+  best num_seeds, as `_seeds`' fallback takes them. Returns (seeds, which are real, their labelled
+  values), as `_seeds`."""
   history = state.history
-  stored_where = jnp.arange(history.capacity) < history.count
-  stored_values = jnp.where(stored_where, history.values_C, -jnp.inf)
-  top_values, top_idx = jax.lax.top_k(stored_values, min(pool * num_seeds, history.capacity))
+  capacity = history.capacity
+  stored_values = jnp.where(jnp.arange(capacity) < history.count, history.values_C, -jnp.inf)
+  # top_k keeps the lower index among ties: on the reversed history, the newer row.
+  top_values, top_rev = jax.lax.top_k(stored_values[::-1], min(pool * num_seeds, capacity))
+  top_idx = capacity - 1 - top_rev
+  best_tier = (top_values == top_values[0]) & (top_values > -jnp.inf)
   chosen_S, real_S = lambo2_selection.farthest_first(
-    history.sequences_CxL[top_idx], top_values, top_values > -jnp.inf, num_seeds, distance='hamming'
+    history.sequences_CxL[top_idx], top_values, best_tier, num_seeds, distance='hamming'
   )
-  where_S = real_S & (top_values[chosen_S] > -jnp.inf)
+  num_tied = jnp.sum(real_S, dtype=jnp.int32)  # min(ties, num_seeds).
+  # The remaining slots take the candidates after the tier, best first.
+  fill_S = jnp.sum(best_tier, dtype=jnp.int32) + jnp.arange(num_seeds) - num_tied
+  in_range_S = fill_S < top_idx.shape[0]
+  fill_S = jnp.clip(fill_S, 0, top_idx.shape[0] - 1)
+  pick_S = jnp.where(real_S, chosen_S, fill_S)
+  where_S = (real_S | in_range_S) & (top_values[pick_S] > -jnp.inf)
   return (
-    history.sequences_CxL[top_idx[chosen_S]].astype(jnp.int32),
+    history.sequences_CxL[top_idx[pick_S]].astype(jnp.int32),
     where_S,
-    jnp.where(where_S, top_values[chosen_S], -jnp.inf),
+    jnp.where(where_S, top_values[pick_S], -jnp.inf),
   )
 
 

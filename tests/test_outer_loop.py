@@ -401,21 +401,21 @@ def test_repair_mutants_keep_certified_transitions():
   assert repaired < len(mutants)
 
 
-def _farthest_first_reference(seqs, values, num):
-  """Farthest-first by brute force over the candidates ranked best first (stable): the first, then
-  the one farthest (Hamming) from its nearest chosen row, ties to the better rank."""
-  order = sorted(range(len(values)), key=lambda i: -values[i])
-  chosen = [order[0]]
-  while len(chosen) < min(num, len(order)):
-    left = [i for i in order if i not in chosen]
+def _farthest_first_reference(seqs, ranked, num):
+  """Farthest-first by brute force over the rows `ranked` (best first): the first, then the row farthest
+  (Hamming) from its nearest chosen row, ties to the better rank."""
+  chosen = [ranked[0]]
+  while len(chosen) < min(num, len(ranked)):
+    left = [i for i in ranked if i not in chosen]
     nearest = [min(int((seqs[i] != seqs[j]).sum()) for j in chosen) for i in left]
     chosen.append(left[int(np.argmax(nearest))])  # argmax: the first (best-ranked) of the farthest.
   return chosen
 
 
 def test_diverse_seeds_spread_over_the_tied_best(problem):
-  """seed_pool=E: the best E x S labelled sequences thinned farthest-first on Hamming distance, so a
-  cluster of near-identical ties yields one seed and the far ties the others."""
+  """seed_pool=E: of the best E x S labelled sequences (newer first among ties), those at the best value
+  thinned farthest-first on Hamming distance, then the next best; so a cluster of near-identical ties
+  yields one seed and the far ties the others, and without ties the seeds are the best S."""
   rng = np.random.default_rng(0)
   length = 12
   base = rng.integers(0, _STATES, length)
@@ -423,30 +423,47 @@ def test_diverse_seeds_spread_over_the_tied_best(problem):
   cluster[np.arange(1, 6), np.arange(1, 6)] = (base[1:6] + 1) % _STATES  # 1-site variants of `base`.
   others = rng.integers(0, _STATES, (10, length))
   seqs = np.concatenate([cluster, others]).astype(np.int32)
-  # The cluster and others 0-1 tie at 0.5; others 2-5 hold 0.3; 6-7 are infeasible; 8-9 hold 0.1.
+  # Rows 0-7 (the cluster and two far rows) tie at 0.5; 8-11 hold 0.3; 12-13 are infeasible; 14-15 0.1.
   values = np.array([0.5] * 8 + [0.3] * 4 + [-np.inf] * 2 + [0.1] * 2, np.float32)
-  history = archive.add(archive.init(32, length), jnp.asarray(seqs), jnp.asarray(values))
-  state = problem['state'].replace(history=history)
+  state = problem['state'].replace(
+    history=archive.add(archive.init(32, length), jnp.asarray(seqs), jnp.asarray(values))
+  )
 
-  seeds, where, seed_values = outer_loop._diverse_seeds(state, 3, 2)  # Pool: the best 6, all cluster.
-  assert np.asarray(where).all()
-  expected = _farthest_first_reference(seqs[:6], values[:6], 3)
-  np.testing.assert_array_equal(np.asarray(seeds), seqs[expected])
-  np.testing.assert_array_equal(np.asarray(seed_values), values[expected])
+  def seeds_of(num, pool):
+    seeds, where, seed_values = jax.device_get(outer_loop._diverse_seeds(state, num, pool))
+    return seeds, where, seed_values
 
-  seeds, where, seed_values = outer_loop._diverse_seeds(state, 3, 4)  # Pool: the best 12.
-  expected = _farthest_first_reference(seqs[:12], values[:12], 3)
-  np.testing.assert_array_equal(np.asarray(seeds), seqs[expected])
-  assert expected[0] == 0 and sum(i < 6 for i in expected) == 1  # One seed from the cluster.
+  seeds, where, seed_values = seeds_of(3, 2)  # Candidates: the 6 newest ties, rows 7..2.
+  expected = _farthest_first_reference(seqs, [7, 6, 5, 4, 3, 2], 3)
+  assert where.all() and expected[:2] == [7, 6]
+  np.testing.assert_array_equal(seeds, seqs[expected])
+  np.testing.assert_array_equal(seed_values, values[expected])
+
+  seeds, where, _ = seeds_of(3, 4)  # Candidates: all 8 ties, then rows 11..8.
+  expected = _farthest_first_reference(seqs, list(range(7, -1, -1)), 3)
+  np.testing.assert_array_equal(seeds, seqs[expected])
+  assert sum(i < 6 for i in expected) == 1  # One seed from the cluster.
   pairwise = lambda x: min(int((a != b).sum()) for i, a in enumerate(x) for b in x[i + 1 :])  # noqa: E731
-  assert pairwise(np.asarray(seeds)) > pairwise(seqs[:3])  # Farther apart than the plain top 3.
+  assert pairwise(seeds) > pairwise(seqs[7:4:-1])  # Farther apart than the 3 newest ties.
 
-  # More seeds than feasible rows: every feasible row once, and the rest unreal at -inf.
-  seeds, where, seed_values = outer_loop._diverse_seeds(state, 16, 1)
-  where, seed_values = np.asarray(where), np.asarray(seed_values)
+  # More seeds than ties: every tie, then the next best, newer first; rows past the feasible ones unreal.
+  seeds, where, seed_values = seeds_of(10, 2)
+  assert where.all() and {tuple(r) for r in seeds[:8]} == {tuple(r) for r in seqs[:8]}
+  np.testing.assert_array_equal(seeds[8:], seqs[[11, 10]])
+  seeds, where, seed_values = seeds_of(16, 2)
   assert where.sum() == 14 and np.all(seed_values[~where] == -np.inf)
-  got = {tuple(row) for row in np.asarray(seeds)[where]}
-  assert got == {tuple(row) for row in seqs[np.isfinite(values)]}
+  np.testing.assert_array_equal(seeds[8:14], seqs[[11, 10, 9, 8, 15, 14]])
+
+  # No ties: the best S, best first.
+  distinct = values + np.arange(16, dtype=np.float32) * 1e-3
+  state = state.replace(
+    history=archive.add(archive.init(32, length), jnp.asarray(seqs), jnp.asarray(distinct))
+  )
+  seeds, where, seed_values = seeds_of(5, 3)
+  order = np.argsort(-distinct, kind='stable')[:5]
+  assert where.all()
+  np.testing.assert_array_equal(seeds, seqs[order])
+  np.testing.assert_array_equal(seed_values, distinct[order])
 
 
 def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
