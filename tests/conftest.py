@@ -47,27 +47,3 @@ def holo_cases():
 
   with open(DATA_DIR / 'ehrlich_holo_cases.json') as f:
     return json.load(f)['cases']
-
-
-# The modules that take longest (seconds measured on 2 cores, 2026-12-06), longest first. With
-# `-n 2 --dist loadfile` xdist hands out whole modules in collection order, so the alphabetical order
-# left the long tail (test_multiprocess, test_oracle_binaries, test_outer_loop) to the end, one worker
-# busy and the other idle; starting the longest modules first lets the short ones fill in around them.
-LONGEST_FIRST = (
-  'test_documented_commands.py',
-  'test_outer_loop.py',
-  'test_multiprocess.py',
-  'test_lambo2.py',
-  'test_llome.py',
-  'test_oracle_binaries.py',
-  'test_documented_oracle.py',
-  'test_documented_lambo2.py',
-  'test_lambo2_rounds.py',
-  'test_poli_bridge.py',
-  'test_sharding.py',
-)
-
-
-def pytest_collection_modifyitems(config, items):
-  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: the rest keep their order.
