@@ -429,9 +429,8 @@ def test_diverse_seeds_spread_over_the_tied_best(problem):
     history=archive.add(archive.init(32, length), jnp.asarray(seqs), jnp.asarray(values))
   )
 
-  def seeds_of(num, pool):
-    seeds, where, seed_values = jax.device_get(outer_loop._diverse_seeds(state, num, pool))
-    return seeds, where, seed_values
+  def seeds_of(num, pool):  # (seeds, where, values) as numpy arrays.
+    return jax.device_get(outer_loop._diverse_seeds(state, num, pool))
 
   seeds, where, seed_values = seeds_of(3, 2)  # Candidates: the 6 newest ties, rows 7..2.
   expected = _farthest_first_reference(seqs, [7, 6, 5, 4, 3, 2], 3)

@@ -57,8 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Label a round's mutants in this many generations, each drawn from the best of the last once it is
   # labelled (1: all at once from the seeds; outer_loop.LoopConfig.mutant_generations).
   config.outer.mutant_generations = 1
-  # Seeds: 1 takes the better members of the best pairs (the paper); E > 1 the best E x num_seeds
-  # labelled sequences so far, thinned farthest-first on Hamming distance (LoopConfig.seed_pool).
+  # Seeds: 1 takes the better members of the best pairs (the paper); E > 1 takes, of the best
+  # E x num_seeds labelled sequences so far, those at the best value thinned farthest-first on Hamming
+  # distance, then the next best (LoopConfig.seed_pool).
   config.outer.seed_pool = 1
 
   config.pairs = ml_collections.ConfigDict()
