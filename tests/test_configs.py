@@ -154,8 +154,8 @@ def test_every_shipped_lambo2_config_is_valid(name):
 
 
 @pytest.mark.parametrize('name', ['f2_marge', 'f2_sft', 'f2_dpo'])
-def test_paper_configs_differ_only_by_the_repair_mutants(name):
-  """Each f2 config's paper version is one config away: the same keys and values, bar the mutants."""
+def test_paper_configs_differ_only_by_the_mutants_and_seed_spread(name):
+  """Each f2 config's paper version is one config away: the same keys and values, bar the levers."""
   import importlib
 
   from experiments.configs import llome_defaults
@@ -173,7 +173,8 @@ def test_paper_configs_differ_only_by_the_repair_mutants(name):
   paper = flatten(importlib.import_module(f'experiments.configs.{name}_paper').get_config())
   assert shipped.keys() == paper.keys()
   changed = {key for key in shipped if shipped[key] != paper[key]}
-  assert changed == {'outer.mutant_fraction', 'outer.mutant_kind'}
-  assert (shipped['outer.mutant_fraction'], shipped['outer.mutant_kind']) == (0.5, 'repair')
+  levers = ('outer.mutant_fraction', 'outer.mutant_kind', 'outer.mutant_generations', 'outer.seed_pool')
+  assert changed == set(levers)
+  assert tuple(shipped[key] for key in levers) == (0.5, 'repair', 8, 4)
   defaults = flatten(llome_defaults.get_config())
   assert all(paper[key] == defaults[key] for key in changed)  # Labels the policy's generations only.

@@ -1,4 +1,5 @@
-"""LLOME-DPO on f2 as the paper runs it: f2_dpo.py without its repair mutants (see f2_marge_paper.py)."""
+"""LLOME-DPO on f2 as the paper runs it: f2_dpo.py without its repair mutants and spread seeds
+(see f2_marge_paper.py)."""
 
 from experiments.configs import f2_dpo, f2_marge
 

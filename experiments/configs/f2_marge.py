@@ -5,24 +5,31 @@ GPT-NeoX trained from scratch (the paper fine-tunes Pythia-2.8B), so it gets its
 many SFT epochs in round 1 to learn to copy. Decoding is narrower than the reference's (greedy + 4
 samples at each of 4 temperatures, 0.6-1.2, instead of 10 at each of 6, 0.6-1.6): a model this small
 makes near-random edits above temperature 1.2, and 34,000 generations a round still leave 17x more
-candidates than labels, at 3.6x less decoding (a run takes about 6 minutes on 2 CPU cores).
+candidates than labels, at 3.6x less decoding (a run takes about 8.5 minutes on 2 CPU cores).
 
   python -m experiments.llome --config=experiments/configs/f2_marge.py --workdir=runs/f2_marge
 
-Not in the paper: half of each round's labels go to repair mutants of the round's seeds
-(`outer.mutant_fraction=0.5`, `outer.mutant_kind='repair'`; outer_loop.repair_mutants), the lever
-that issue 17's diagnosis of the 0.42 plateau points at (RESULTS.md, "Ablations"). f2_marge_paper.py
-is this config without it: the paper's LLOME, every label the policy's.
+Not in the paper (RESULTS.md, "Ablations"), the levers that issue 17's diagnosis of the f2 plateaus
+points at:
+- half of each round's labels go to repair mutants of the round's seeds (`outer.mutant_fraction=0.5`,
+  `outer.mutant_kind='repair'`; outer_loop.repair_mutants), labelled in 8 generations of 125, each
+  drawn from the best of the last (`outer.mutant_generations=8`);
+- the round's seeds are spread farthest-first (Hamming) over the labelled sequences tied at the best
+  value (`outer.seed_pool=4`; outer_loop.LoopConfig.seed_pool), so a plateau's minority arrangements
+  are edited too, not only its dominant one.
+`--config.outer.mutant_generations=1 --config.outer.seed_pool=1` gives the repair-mutant config of
+the earlier ablation rows; f2_marge_paper.py is this config without any of them: the paper's LLOME,
+every label the policy's and the seeds the best pairs' better members.
 
 f2_sft.py and f2_dpo.py change only the schedule (and DPO's learning rate and beta); f2_sft_paper.py
-and f2_dpo_paper.py drop the mutants as f2_marge_paper.py does.
+and f2_dpo_paper.py drop the levers as f2_marge_paper.py does.
 """
 
 from experiments.configs import llome_defaults
 
 
 def f2_config(schedule: str, *, paper: bool = False):
-  """The f2 config of a schedule; `paper=True` labels only the policy's generations."""
+  """The f2 config of a schedule; `paper=True` labels only the policy's generations, seeded as the paper."""
   config = llome_defaults.get_config()
   config.test_function.name = 'f2'
   config.outer.schedule = schedule
@@ -44,6 +51,8 @@ def f2_config(schedule: str, *, paper: bool = False):
   if not paper:
     config.outer.mutant_fraction = 0.5
     config.outer.mutant_kind = 'repair'
+    config.outer.mutant_generations = 8
+    config.outer.seed_pool = 4
   return config
 
 

@@ -1,4 +1,5 @@
-"""LLOME-SFT on f2 as the paper runs it: f2_sft.py without its repair mutants (see f2_marge_paper.py)."""
+"""LLOME-SFT on f2 as the paper runs it: f2_sft.py without its repair mutants and spread seeds
+(see f2_marge_paper.py)."""
 
 from experiments.configs import f2_marge
 

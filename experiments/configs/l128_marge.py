@@ -5,7 +5,8 @@ seed 50494): the f2 round structure with a lighter inner loop, since each edit i
 
 The GA seed data keeps the paper's shape (1,000 particles x 10 generations); the mutation rate is
 holo's 1.1 / L default scaled to the longer sequence. Like f2_marge.py, half of each round's labels are
-repair mutants (`--config.outer.mutant_fraction=0.0` for the paper's LLOME).
+repair mutants, labelled in 8 generations, and the seeds are spread over the best-value ties
+(`--config.outer.mutant_fraction=0.0 --config.outer.seed_pool=1` for the paper's LLOME).
 """
 
 from experiments.configs import f2_marge
