@@ -239,15 +239,21 @@ def test_a_round_on_8_devices_equals_one_device(problem, one_device_round, split
   chex.assert_trees_all_close(state_8.params, state_1.params, atol=1e-25, rtol=0)
 
 
+# The mutation kernels jitted as a round runs them: eager, each of their many ops compiles on its own.
+_two_site_mutants = jax.jit(outer_loop.two_site_mutants, static_argnums=(3, 4))
+_certified_transitions = jax.jit(outer_loop.certified_transitions, static_argnums=1)
+_infeasible_explained = jax.jit(outer_loop.infeasible_explained)
+
+
 def test_two_site_mutants_edit_two_positions_of_a_real_seed():
   seeds = jnp.asarray(np.random.default_rng(0).integers(0, _STATES, (5, _LENGTH)), jnp.int32)
   where = jnp.asarray([False, True, False, True, False])
-  mutants, real = outer_loop.two_site_mutants(jax.random.key(0), seeds, where, 400, _STATES)
+  mutants, real = _two_site_mutants(jax.random.key(0), seeds, where, 400, _STATES)
   assert bool(jnp.all(real))
   distances = np.asarray(jnp.sum(mutants[:, None, :] != seeds[None], axis=-1))  # [M, S]
   assert np.all(distances[:, [1, 3]].min(axis=1) == 2)  # Each is two edits from a real seed.
   assert np.all(np.asarray(mutants) < _STATES) and np.all(np.asarray(mutants) >= 0)
-  _, none = outer_loop.two_site_mutants(jax.random.key(0), seeds, jnp.zeros(5, bool), 4, _STATES)
+  _, none = _two_site_mutants(jax.random.key(0), seeds, jnp.zeros(5, bool), 4, _STATES)
   assert not bool(jnp.any(none))
 
 
@@ -261,9 +267,9 @@ def test_mutant_slots_never_repeat_a_label():
     num_eligible=jnp.int32(1),
     threshold=jnp.float32(0.0),
   )
-  mutants, _ = outer_loop.two_site_mutants(jax.random.key(1), seeds, jnp.ones(1, bool), 200, _STATES)
+  mutants, _ = _two_site_mutants(jax.random.key(1), seeds, jnp.ones(1, bool), 200, _STATES)
   history = archive.add(archive.init(64, _LENGTH), mutants[:5], jnp.zeros(5))
-  combined, policy_N = outer_loop._with_mutants(
+  combined, policy_N = jax.jit(outer_loop._with_mutants, static_argnames=('num', 'num_states'))(
     jax.random.key(1), policy, seeds, jnp.ones(1, bool), history, num=200, num_states=_STATES
   )
   rows = np.asarray(combined.seqs_NxL)[np.asarray(combined.where_N)]
@@ -289,7 +295,7 @@ def test_repair_mutants_in_a_round_label_only_certified_transitions(problem):
     codec=problem['codec'],
     cfg=cfg,
   )
-  certified = np.asarray(outer_loop.certified_transitions(before.history, _STATES))
+  certified = np.asarray(_certified_transitions(before.history, _STATES))
   state, (metrics, selection, values) = run(_copy(before), 1, 'sft', 1)
   metrics, selection, values = jax.tree.map(lambda x: np.asarray(x[0]), (metrics, selection, values))
   assert selection.seqs_NxL.shape[0] == 24
@@ -315,7 +321,7 @@ def test_repair_mutants_in_a_round_label_only_certified_transitions(problem):
     jnp.asarray(values[:20]),
     jnp.asarray(selection.where_N[:20]),
   )
-  certified_later = np.asarray(outer_loop.certified_transitions(grown, _STATES))
+  certified_later = np.asarray(_certified_transitions(grown, _STATES))
   assert certified_later[second_rows[:, :-1], second_rows[:, 1:]].all()
   parents = np.concatenate([np.asarray(archive.contents(before.history)[0]), first_rows])
   assert ((second_rows[:, None, :] != parents[None]).sum(-1).min(axis=1) <= 3).all()
@@ -343,7 +349,7 @@ def test_certified_transitions_are_those_of_feasible_labels():
   for row, value in zip(seqs, values, strict=True):
     if np.isfinite(value):
       want[row[:-1], row[1:]] = True
-  got = np.asarray(outer_loop.certified_transitions(history, _STATES))
+  got = np.asarray(_certified_transitions(history, _STATES))
   np.testing.assert_array_equal(got, want)
   # Every infeasible row here holds a transition no feasible row holds, bar those built otherwise.
   explained = [
@@ -352,11 +358,11 @@ def test_certified_transitions_are_those_of_feasible_labels():
     if not np.isfinite(value)
   ]
   np.testing.assert_allclose(
-    float(outer_loop.infeasible_explained(history, jnp.asarray(want))), np.mean(explained), rtol=1e-6
+    float(_infeasible_explained(history, jnp.asarray(want))), np.mean(explained), rtol=1e-6
   )
-  assert float(outer_loop.infeasible_explained(history, jnp.ones((_STATES, _STATES), bool))) == 0.0
+  assert float(_infeasible_explained(history, jnp.ones((_STATES, _STATES), bool))) == 0.0
   feasible_only = archive.add(archive.init(8, _LENGTH), jnp.asarray(seqs[:2]), jnp.ones(2))
-  assert np.isnan(float(outer_loop.infeasible_explained(feasible_only, jnp.asarray(want))))
+  assert np.isnan(float(_infeasible_explained(feasible_only, jnp.asarray(want))))
 
 
 def test_repair_mutants_keep_certified_transitions():
@@ -370,7 +376,7 @@ def test_repair_mutants_keep_certified_transitions():
     np.fill_diagonal(allowed, True)
   seeds = _transition_walks(allowed, 6, _LENGTH, rng)
   where = jnp.asarray([True, False, True, True, False, True])
-  mutants, real = outer_loop.repair_mutants(
+  mutants, real = jax.jit(outer_loop.repair_mutants, static_argnums=3)(
     jax.random.key(5), jnp.asarray(seeds), where, 600, jnp.asarray(allowed)
   )
   mutants = np.asarray(mutants)
@@ -378,7 +384,7 @@ def test_repair_mutants_keep_certified_transitions():
   distances = (mutants[:, None, :] != seeds[None]).sum(-1)[:, np.asarray(where)]
   source = np.asarray(where).nonzero()[0][distances.argmin(axis=1)]
   assert np.all(allowed[mutants[:, :-1], mutants[:, 1:]])  # Every mutant is feasible.
-  blind, _ = outer_loop.two_site_mutants(jax.random.key(5), jnp.asarray(seeds), where, 600, _STATES)
+  blind, _ = _two_site_mutants(jax.random.key(5), jnp.asarray(seeds), where, 600, _STATES)
   blind = np.asarray(blind)
   assert np.mean(allowed[blind[:, :-1], blind[:, 1:]].all(axis=1)) < 0.9  # The blind kernel's are not.
 
@@ -430,7 +436,7 @@ def test_diverse_seeds_spread_over_the_tied_best(problem):
   )
 
   def seeds_of(num, pool):  # (seeds, where, values) as numpy arrays.
-    return jax.device_get(outer_loop._diverse_seeds(state, num, pool))
+    return jax.device_get(jax.jit(outer_loop._diverse_seeds, static_argnums=(1, 2))(state, num, pool))
 
   seeds, where, seed_values = seeds_of(3, 2)  # Candidates: the 6 newest ties, rows 7..2.
   expected = _farthest_first_reference(seqs, [7, 6, 5, 4, 3, 2], 3)
