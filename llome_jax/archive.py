@@ -10,7 +10,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 _MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)  # Odd constants (golden-ratio and xxHash primes).
 _TAG_STORED, _TAG_NEW, _TAG_EMPTY, _TAG_UNREAL = 0, 1, 2, 3
@@ -27,6 +27,14 @@ class Archive:
   @property
   def capacity(self) -> int:
     return self.values_C.shape[0]
+
+  def held(self) -> Bool[Array, ' C']:
+    """Which rows are in use: the first `count`."""
+    return jnp.arange(self.capacity) < self.count
+
+  def held_values(self) -> Float[Array, ' C']:
+    """The stored values, -inf outside the rows in use."""
+    return jnp.where(self.held(), self.values_C, -jnp.inf)
 
 
 def init(capacity: int, length: int, dtype=jnp.int32) -> Archive:
@@ -91,7 +99,7 @@ def add(
   """
   capacity, batch = archive.capacity, x_BxL.shape[0]
   hashes_Bx2 = sequence_hash(x_BxL)
-  stored_C = jnp.arange(capacity) < archive.count
+  stored_C = archive.held()
   real_B = jnp.ones((batch,), bool) if where_B is None else jnp.asarray(where_B, bool)
   new_tags_B = jnp.where(real_B, _TAG_NEW, _TAG_UNREAL)
   tags = jnp.concatenate([jnp.where(stored_C, _TAG_STORED, _TAG_EMPTY), new_tags_B])
@@ -121,7 +129,7 @@ def add(
 def contains(archive: Archive, x_BxL: Int[Array, 'B L']) -> Array:
   """Which rows of `x_BxL` the archive already holds (bool [B]), by the same 64-bit hash as `add`."""
   capacity, batch = archive.capacity, x_BxL.shape[0]
-  stored_C = jnp.arange(capacity) < archive.count
+  stored_C = archive.held()
   tags = jnp.concatenate([jnp.where(stored_C, _TAG_STORED, _TAG_EMPTY), jnp.full((batch,), _TAG_NEW)])
   all_hashes_Xx2 = jnp.concatenate([archive.hashes_Cx2, sequence_hash(x_BxL)])
   order_X = jnp.lexsort((tags, all_hashes_Xx2[:, 1], all_hashes_Xx2[:, 0]))

@@ -296,7 +296,7 @@ def _seeds(
   better_S = found.better_idx_P[seed_idx_S]
   pair_seeds_SxL = state.labelled_CxL[better_S]
   history = state.history
-  stored_values = jnp.where(jnp.arange(history.capacity) < history.count, history.values_C, -jnp.inf)
+  stored_values = history.held_values()
   top_values, top_idx = jax.lax.top_k(stored_values, min(num_seeds, history.capacity))
   num_from_pairs = jnp.sum(from_pairs_S, dtype=jnp.int32)
   fill_S = jnp.clip(jnp.arange(num_seeds) - num_from_pairs, 0, top_idx.shape[0] - 1)
@@ -315,7 +315,7 @@ def _diverse_seeds(state: OuterState, num_seeds: int, pool: int):
   values), as `_seeds`."""
   history = state.history
   capacity = history.capacity
-  stored_values = jnp.where(jnp.arange(capacity) < history.count, history.values_C, -jnp.inf)
+  stored_values = history.held_values()
   # top_k keeps the lower index among ties: on the reversed history, the newer row.
   top_values, top_rev = jax.lax.top_k(stored_values[::-1], min(pool * num_seeds, capacity))
   top_idx = capacity - 1 - top_rev
@@ -361,7 +361,7 @@ def two_site_mutants(
 def certified_transitions(history: archive_lib.Archive, num_states: int) -> Bool[Array, 'V V']:
   """[a, b] is True when token b follows token a somewhere in a feasible labelled sequence: a transition
   the labels prove allowed. Nothing about the constraint is read; only the oracle's values are."""
-  held_C = jnp.arange(history.capacity) < history.count
+  held_C = history.held()
   feasible_C = held_C & jnp.isfinite(history.values_C)
   seqs_CxL = history.sequences_CxL
   pair_CxP = seqs_CxL[:, :-1] * num_states + seqs_CxL[:, 1:]
@@ -374,7 +374,7 @@ def infeasible_explained(history: archive_lib.Archive, certified_VxV: Array) -> 
   """Of the infeasible labelled sequences, the fraction holding a transition no feasible label holds:
   1.0 when an adjacent-pair model of feasibility is consistent with every label (NaN if none is
   infeasible)."""
-  held_C = jnp.arange(history.capacity) < history.count
+  held_C = history.held()
   infeasible_C = held_C & ~jnp.isfinite(history.values_C)
   seqs_CxL = history.sequences_CxL
   unproven_C = jnp.any(~certified_VxV[seqs_CxL[:, :-1], seqs_CxL[:, 1:]], axis=1)

@@ -79,7 +79,7 @@ def init(
 
 def seed_metrics(state: State, problem: oracle.Problem | None = None) -> dict[str, Array]:
   """The round-0 row, with the keys of the LLOME binary's round 0 (an Ehrlich function by default)."""
-  held = jnp.arange(state.history.capacity) < state.history.count
+  held = state.history.held()
   regrets = round_metrics.regrets if problem is None else problem.regrets
   regret, _ = regrets(state.history.values_C, held, jnp.inf)
   return {
@@ -96,7 +96,7 @@ def seed_metrics(state: State, problem: oracle.Problem | None = None) -> dict[st
 def _train(key, history: archive_lib.Archive, cfg: RoundConfig):
   init_key, fit_key = jax.random.split(key)
   graphdef, params = network.init(cfg.network, init_key)
-  held_C = jnp.arange(history.capacity) < history.count
+  held_C = history.held()
   values_C, _, _ = training.standardise(history.values_C, held_C)
   dataset = training.Dataset(tokens_BxL=history.sequences_CxL, values_B=values_C, where_B=held_C)
   params, losses = training.fit(fit_key, params, dataset, graphdef=graphdef, cfg=cfg.train)
@@ -126,7 +126,7 @@ def round_step(
   graphdef, params, metrics = _train(train_key, state.history, cfg)
 
   history = state.history
-  held_C = jnp.arange(history.capacity) < history.count
+  held_C = history.held()
   starts_SxL, _, real_S = selection.starting_pool(
     history.sequences_CxL,
     history.values_C,
