@@ -243,6 +243,9 @@ def test_a_round_on_8_devices_equals_one_device(problem, one_device_round, split
 _two_site_mutants = jax.jit(outer_loop.two_site_mutants, static_argnums=(3, 4))
 _certified_transitions = jax.jit(outer_loop.certified_transitions, static_argnums=1)
 _infeasible_explained = jax.jit(outer_loop.infeasible_explained)
+_repair_mutants = jax.jit(outer_loop.repair_mutants, static_argnums=3)
+_with_mutants = jax.jit(outer_loop._with_mutants, static_argnames=('num', 'num_states'))
+_diverse_seeds = jax.jit(outer_loop._diverse_seeds, static_argnums=(1, 2))
 
 
 def test_two_site_mutants_edit_two_positions_of_a_real_seed():
@@ -269,7 +272,7 @@ def test_mutant_slots_never_repeat_a_label():
   )
   mutants, _ = _two_site_mutants(jax.random.key(1), seeds, jnp.ones(1, bool), 200, _STATES)
   history = archive.add(archive.init(64, _LENGTH), mutants[:5], jnp.zeros(5))
-  combined, policy_N = jax.jit(outer_loop._with_mutants, static_argnames=('num', 'num_states'))(
+  combined, policy_N = _with_mutants(
     jax.random.key(1), policy, seeds, jnp.ones(1, bool), history, num=200, num_states=_STATES
   )
   rows = np.asarray(combined.seqs_NxL)[np.asarray(combined.where_N)]
@@ -376,9 +379,7 @@ def test_repair_mutants_keep_certified_transitions():
     np.fill_diagonal(allowed, True)
   seeds = _transition_walks(allowed, 6, _LENGTH, rng)
   where = jnp.asarray([True, False, True, True, False, True])
-  mutants, real = jax.jit(outer_loop.repair_mutants, static_argnums=3)(
-    jax.random.key(5), jnp.asarray(seeds), where, 600, jnp.asarray(allowed)
-  )
+  mutants, real = _repair_mutants(jax.random.key(5), jnp.asarray(seeds), where, 600, jnp.asarray(allowed))
   mutants = np.asarray(mutants)
   assert bool(jnp.all(real))
   distances = (mutants[:, None, :] != seeds[None]).sum(-1)[:, np.asarray(where)]
@@ -436,7 +437,7 @@ def test_diverse_seeds_spread_over_the_tied_best(problem):
   )
 
   def seeds_of(num, pool):  # (seeds, where, values) as numpy arrays.
-    return jax.device_get(jax.jit(outer_loop._diverse_seeds, static_argnums=(1, 2))(state, num, pool))
+    return jax.device_get(_diverse_seeds(state, num, pool))
 
   seeds, where, seed_values = seeds_of(3, 2)  # Candidates: the 6 newest ties, rows 7..2.
   expected = _farthest_first_reference(seqs, [7, 6, 5, 4, 3, 2], 3)
