@@ -488,10 +488,10 @@ def _later_mutant_generations(
   its policy mask and its values, each extended by G - 1 generations of `num_mutants / G` rows.
   """
   per_generation = cfg.num_mutants // cfg.mutant_generations
-  seqs, wheres, values, policies = [selection.seqs_NxL], [selection.where_N], [values_N], [policy_N]
-  history = archive_lib.add(history, selection.seqs_NxL, values_N, selection.where_N)
-  last_MxL, last_values_M = selection.seqs_NxL[-per_generation:], values_N[-per_generation:]
-  for generation in range(1, cfg.mutant_generations):
+  seq_dtype = selection.seqs_NxL.dtype
+
+  def generation_step(carry, generation):
+    parents_SxL, parent_values_S, last_MxL, last_values_M, history = carry
     pool_values = jnp.concatenate([last_values_M, parent_values_S])
     parent_values_S, top_S = jax.lax.top_k(pool_values, parents_SxL.shape[0])  # Ties: lower index.
     parents_SxL = jnp.concatenate([last_MxL.astype(parents_SxL.dtype), parents_SxL])[top_S]
@@ -504,22 +504,34 @@ def _later_mutant_generations(
       num_states=num_states,
       certified=certified,
     )
-    mutants_MxL = mutants_MxL.astype(selection.seqs_NxL.dtype)
+    mutants_MxL = mutants_MxL.astype(seq_dtype)
     where_M = round_metrics.first_occurrences(mutants_MxL, where_M) & ~archive_lib.contains(
       history, mutants_MxL
     )
     mutants_MxL = jnp.where(where_M[:, None], mutants_MxL, 0)
-    last_MxL, last_values_M = mutants_MxL, evaluate(mutants_MxL, where_M)
-    history = archive_lib.add(history, mutants_MxL, last_values_M, where_M)
-    seqs.append(mutants_MxL), wheres.append(where_M), values.append(last_values_M)
-    policies.append(jnp.zeros((per_generation,), bool))
+    values_M = evaluate(mutants_MxL, where_M)
+    history = archive_lib.add(history, mutants_MxL, values_M, where_M)
+    return (parents_SxL, parent_values_S, mutants_MxL, values_M, history), (mutants_MxL, where_M, values_M)
+
+  # A scan, not a Python loop: the round program compiles one generation whatever G is.
+  history = archive_lib.add(history, selection.seqs_NxL, values_N, selection.where_N)
+  carry = (
+    parents_SxL,
+    parent_values_S,
+    selection.seqs_NxL[-per_generation:],
+    values_N[-per_generation:],
+    history,
+  )
+  generations = jnp.arange(1, cfg.mutant_generations, dtype=jnp.int32)
+  _, (mutants_GxMxL, where_GxM, values_GxM) = jax.lax.scan(generation_step, carry, generations)
   num_later = (cfg.mutant_generations - 1) * per_generation
   combined = selection.replace(
-    seqs_NxL=jnp.concatenate(seqs),
+    seqs_NxL=jnp.concatenate([selection.seqs_NxL, mutants_GxMxL.reshape(num_later, -1)]),
     likelihood_N=jnp.concatenate([selection.likelihood_N, jnp.full((num_later,), jnp.nan, jnp.float32)]),
-    where_N=jnp.concatenate(wheres),
+    where_N=jnp.concatenate([selection.where_N, where_GxM.reshape(num_later)]),
   )
-  return combined, jnp.concatenate(policies), jnp.concatenate(values)
+  policy_N = jnp.concatenate([policy_N, jnp.zeros((num_later,), bool)])
+  return combined, policy_N, jnp.concatenate([values_N, values_GxM.reshape(num_later)])
 
 
 def round_step(
