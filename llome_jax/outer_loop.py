@@ -45,8 +45,8 @@ class LoopConfig:
       a fixed policy the split decodes exactly as one device does (tests/test_inner_loop.py); trained
       rounds differ across device counts with or without it, since training's reductions are
       mesh-ordered. Off by default until a multi-device accelerator run has exercised it.
-    num_mutants: of the round's `select.num_labels` labels, how many go to blind 2-site mutants of the
-      inner loop's seeds instead of the policy's generations (0: the paper's LLOME). Not in the paper:
+    num_mutants: of the round's `select.num_labels` labels, how many go to mutants (`mutant_kind`) of
+      the inner loop's seeds instead of the policy's generations (0: the paper's LLOME). Not in the paper:
       a lever of issue 17, whose diagnosis found that the plateau needs a coordinated 2-site edit, which
       a blind 2-site mutation proposes ~1e-4 of the time and the trained policy 1e-10 to 1e-7. Mutants
       are oracle calls like any label, never repeat a labelled sequence, and stay out of calibration.
