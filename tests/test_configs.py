@@ -102,7 +102,17 @@ def test_rejects_a_value_where_a_section_belongs():
 
 @pytest.mark.parametrize(
   'name',
-  ['smoke', 'f2_marge', 'f2_sft', 'f2_dpo', 'f2_marge_paper', 'f2_sft_paper', 'f2_dpo_paper', 'l128_marge'],
+  [
+    'smoke',
+    'f2_marge',
+    'f2_sft',
+    'f2_dpo',
+    'f2_marge_paper',
+    'f2_sft_paper',
+    'f2_dpo_paper',
+    'l128_marge',
+    'l128_marge_paper',
+  ],
 )
 def test_every_shipped_llome_config_is_valid(name):
   import importlib
@@ -153,9 +163,9 @@ def test_every_shipped_lambo2_config_is_valid(name):
     assert setup.round_cfg.train.epochs == 16 and setup.round_cfg.distance == 'edit'
 
 
-@pytest.mark.parametrize('name', ['f2_marge', 'f2_sft', 'f2_dpo'])
+@pytest.mark.parametrize('name', ['f2_marge', 'f2_sft', 'f2_dpo', 'l128_marge'])
 def test_paper_configs_differ_only_by_the_mutants_and_seed_spread(name):
-  """Each f2 config's paper version is one config away: the same keys and values, bar the levers."""
+  """Each f2 and L=128 config's paper version is one config away: the same keys and values, bar the levers."""
   import importlib
 
   from experiments.configs import llome_defaults

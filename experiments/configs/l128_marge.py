@@ -5,15 +5,16 @@ seed 50494): the f2 round structure with a lighter inner loop, since each edit i
 
 The GA seed data keeps the paper's shape (1,000 particles x 10 generations); the mutation rate is
 holo's 1.1 / L default scaled to the longer sequence. Like f2_marge.py, half of each round's labels are
-repair mutants, labelled in 8 generations, and the seeds are spread over the best-value ties
-(`--config.outer.mutant_fraction=0.0 --config.outer.seed_pool=1` for the paper's LLOME).
+repair mutants, labelled in 8 generations, and the seeds are spread over the best-value ties;
+l128_marge_paper.py is the same run without them (the paper's LLOME).
 """
 
 from experiments.configs import f2_marge
 
 
-def get_config():
-  config = f2_marge.f2_config('marge')
+def l128_config(*, paper: bool = False):
+  """The L=128 MargE config; `paper=True` labels only the policy's generations, seeded as the paper."""
+  config = f2_marge.f2_config('marge', paper=paper)
   config.test_function.name = 'ehr_v32_l128_c4_k4_q4'
   config.ga.mutation_prob = 1.1 / 128
   config.model.max_len = 272  # 2L + 4 = 260 tokens per pair.
@@ -21,3 +22,7 @@ def get_config():
   config.inner.samples_per_temperature = 4
   config.inner.chunk_rows = 512
   return config
+
+
+def get_config():
+  return l128_config()
