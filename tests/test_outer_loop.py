@@ -472,17 +472,18 @@ def test_diverse_seeds_spread_over_the_tied_best(problem):
   np.testing.assert_array_equal(seed_values, distinct[order])
 
 
-def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
-  """Generation 2 of a round's mutants is drawn from the best `num_seeds` of generation 1's labelled
-  mutants and its parents, ties going to the mutants (a plateau is walked), and among them only from
-  those holding the best value; each generation is labelled before the next is drawn."""
-  length, per_generation = 12, 32
-  far = np.stack([np.full(length, token, np.int32) for token in range(6)])  # Pairwise Hamming 12.
-  alternating = np.stack([np.arange(length) % 2, 2 + np.arange(length) % 2]).astype(np.int32)
-  # Generation 1 (after 2 policy rows): far 2-5 labelled 0.6, 0.1, -inf, 0.6; its other 28 slots unlabelled.
+_GEN_LENGTH, _PER_GENERATION = 12, 32
+_FAR = np.stack([np.full(_GEN_LENGTH, token, np.int32) for token in range(6)])  # Pairwise Hamming 12.
+
+
+def _first_generation():
+  """A round's selection up to its first mutant generation: 2 policy rows, then generation 1, whose far
+  2-5 are labelled 0.6, 0.1, -inf, 0.6 and whose other 28 slots are unlabelled. Returns (selection,
+  its values, its policy mask)."""
+  length, per_generation = _GEN_LENGTH, _PER_GENERATION
   policy_rows = np.stack([np.arange(length) % 6, (np.arange(length) + 1) % 6]).astype(np.int32)
   unused = per_generation - 4
-  seqs = jnp.asarray(np.concatenate([policy_rows, far[2:], np.zeros((unused, length), np.int32)]))
+  seqs = jnp.asarray(np.concatenate([policy_rows, _FAR[2:], np.zeros((unused, length), np.int32)]))
   values = jnp.asarray([0.0, 0.0, 0.6, 0.1, -np.inf, 0.6] + [-np.inf] * unused, jnp.float32)
   selection = labelling.Selection(
     seqs_NxL=seqs,
@@ -492,13 +493,28 @@ def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
     num_eligible=jnp.int32(6),
     threshold=jnp.float32(0.0),
   )
-  cfg = dataclasses.replace(
+  return selection, values, jnp.arange(2 + per_generation) < 2
+
+
+def _generations_cfg(problem, num_generations):
+  return dataclasses.replace(
     problem['cfg'],
-    select=labelling.SelectConfig(num_labels=2 + 2 * per_generation),
-    num_mutants=2 * per_generation,
-    mutant_generations=2,
+    select=labelling.SelectConfig(num_labels=2 + num_generations * _PER_GENERATION),
+    num_mutants=num_generations * _PER_GENERATION,
+    mutant_generations=num_generations,
     mutant_kind='blind',
   )
+
+
+def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
+  """Generation 2 of a round's mutants is drawn from the best `num_seeds` of generation 1's labelled
+  mutants and its parents, ties going to the mutants (a plateau is walked), and among them only from
+  those holding the best value; each generation is labelled before the next is drawn."""
+  length, per_generation, far = _GEN_LENGTH, _PER_GENERATION, _FAR
+  alternating = np.stack([np.arange(length) % 2, 2 + np.arange(length) % 2]).astype(np.int32)
+  selection, values, policy_mask = _first_generation()
+  seqs = selection.seqs_NxL
+  cfg = _generations_cfg(problem, 2)
   calls = []
 
   def evaluate(x, where):
@@ -510,7 +526,7 @@ def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
     combined, policy_N, values_N = outer_loop._later_mutant_generations(
       jax.random.key(3),
       selection,
-      jnp.arange(2 + per_generation) < 2,
+      policy_mask,
       values,
       jnp.asarray(parents),
       jnp.asarray(parent_values, jnp.float32),
@@ -536,3 +552,57 @@ def test_later_mutant_generations_walk_from_the_best_labelled_mutants(problem):
   assert generation_2(far[:2], [0.6, 0.2]) == {2, 5}
   # 4 parents: the best 4 are far 2, 5, 0 (0.6) and far 1 (0.2); only the 0.6s are drawn.
   assert generation_2(np.concatenate([far[:2], alternating]), [0.6, 0.2, 0.05, 0.05]) == {0, 2, 5}
+
+
+def test_later_mutant_generations_carry_the_walk_from_one_generation_to_the_next(problem):
+  """Three generations (two scanned), so the parents, values and history that generation 2 leaves
+  are what generation 3 starts from: it is drawn from the best of generation 2's labelled mutants and
+  their parents, and repeats no row labelled before it."""
+  length, per_generation = _GEN_LENGTH, _PER_GENERATION
+  selection, values, policy_mask = _first_generation()
+  second, third = slice(2 + per_generation, 2 + 2 * per_generation), slice(2 + 2 * per_generation, None)
+
+  def three_generations(evaluate, num_states):
+    """(rows, values, where) of the round, and generation 3's labelled rows and their values."""
+    combined, policy_N, values_N = outer_loop._later_mutant_generations(
+      jax.random.key(3),
+      selection,
+      policy_mask,
+      values,
+      jnp.asarray(_FAR[:2]),  # The round's parents: far 0 and 1 at 0.6 and 0.2.
+      jnp.asarray([0.6, 0.2], jnp.float32),
+      archive.init(128, length),
+      cfg=_generations_cfg(problem, 3),
+      num_states=num_states,
+      evaluate=evaluate,
+    )
+    assert np.asarray(policy_N).tolist() == [True] * 2 + [False] * (3 * per_generation)
+    seqs, where, values_N = (np.asarray(a) for a in (combined.seqs_NxL, combined.where_N, values_N))
+    rows = seqs[third][where[third]]
+    assert len(rows) > per_generation // 2
+    return seqs, values_N, where, rows, values_N[third][where[third]]
+
+  def parents_of(rows, candidates):  # Each row is a 2-site mutant of one of the candidates.
+    return bool(np.all((rows[:, None, :] != candidates[None]).sum(-1).min(axis=1) == 2))
+
+  # Generation 2 improves (any token 3 scores 0.75, above the 0.6 of far 2 and 5, generation 2's
+  # parents): generation 3's parents are generation 2's first two rows labelled 0.75 (ties: earlier row).
+  def improving(x, where):
+    return jnp.where(where, jnp.where(jnp.any(x == 3, axis=-1), 0.75, 0.25), -jnp.inf).astype(jnp.float32)
+
+  seqs, values_N, where, rows, row_values = three_generations(improving, _STATES)
+  improved = np.flatnonzero(where[second] & (values_N[second] == 0.75))
+  assert len(improved) >= 2
+  np.testing.assert_array_equal(row_values, np.where((rows == 3).any(-1), 0.75, 0.25))
+  assert parents_of(rows, seqs[second][improved[:2]])
+
+  # Generation 2 improves nothing: generation 3 is drawn from generation 2's parents (far 2 and 5), not
+  # the round's (far 0). With 2 states each parent has only 66 two-site mutants, so generation 3 would
+  # repeat some of generation 2's rows if the history were not carried.
+  def flat(x, where):
+    return jnp.where(where, jnp.float32(0.25), -jnp.inf)
+
+  seqs, _, where, rows, row_values = three_generations(flat, 2)
+  assert np.all(row_values == 0.25) and parents_of(rows, _FAR[[2, 5]])
+  earlier = seqs[third.start - per_generation : third.start][where[second]]
+  assert not (rows[:, None, :] == earlier[None]).all(-1).any()
