@@ -343,6 +343,7 @@ ADDED_KEYS = {
   'outer.mutant_kind': 'blind',
   'outer.mutant_generations': 1,
   'outer.seed_pool': 1,
+  'outer.crossover_fraction': 0.0,
 }
 
 

@@ -149,6 +149,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     mutant_kind=outer.mutant_kind,
     mutant_generations=outer.mutant_generations,
     seed_pool=outer.seed_pool,
+    crossover_fraction=outer.crossover_fraction,
   )
   pool = inner.num_iterations * outer.num_seeds * inner.rows_per_seed
   if outer.num_labels > pool:

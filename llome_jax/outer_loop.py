@@ -68,6 +68,10 @@ class LoopConfig:
       labelled sequences tie, 95-100% of them in one arrangement of the motifs, and the best pairs
       seed the round from wherever the last batch's ties fell; spreading the seeds over the ties
       walks the plateau from its far ends (issue 17).
+    crossover_fraction: of each mutant generation's num_mutants / G rows, this share (rounded) are
+      two-point `recombinants` of two of the generation's parents instead of mutants of one (0: none).
+      Not in the paper: the lineages that walk f2's 0.5625 plateau each drift on their own, and a
+      motif rebuilt elsewhere in pieces across lineages can only be joined by recombination (issue 17).
   """
 
   pairs: pairs.PairConfig
@@ -88,6 +92,7 @@ class LoopConfig:
   mutant_kind: str = 'blind'
   mutant_generations: int = 1
   seed_pool: int = 1
+  crossover_fraction: float = 0.0
 
   def __post_init__(self):
     if self.mutant_kind not in MUTANT_KINDS:
@@ -107,11 +112,20 @@ class LoopConfig:
         f'mutant_generations={self.mutant_generations} must be >= 1 and divide '
         f'num_mutants={self.num_mutants}.'
       )
+    if not 0.0 <= self.crossover_fraction < 1.0:
+      raise ValueError(f'crossover_fraction must lie in [0, 1), got {self.crossover_fraction}.')
+    if self.crossover_fraction and not self.num_mutants:
+      raise ValueError('crossover_fraction > 0 needs mutant slots (num_mutants > 0) to fill.')
     if not 0 <= self.num_mutants < self.select.num_labels:
       raise ValueError(
         f'num_mutants={self.num_mutants} must lie in [0, num_labels={self.select.num_labels}): the policy '
         'keeps at least one label.'
       )
+
+  @property
+  def recombinants_per_generation(self) -> int:
+    """Of each mutant generation's rows, how many are recombinants (the last ones of it)."""
+    return round(self.crossover_fraction * (self.num_mutants // self.mutant_generations))
 
   def training_of_round(self, round_index: int) -> tuple[str, int]:
     """(objective, epochs) of a round: round 1 is SFT for first_round_epochs; later rounds follow the
@@ -436,22 +450,105 @@ def repair_mutants(
   return mutants_MxL, jnp.broadcast_to(jnp.any(seed_where_S), (num,))
 
 
-def _draw_mutants(key, parents_SxL, parent_where_S, num, *, num_states, certified):
+def recombinants(
+  key: PRNGKeyArray,
+  parents_SxL: Int[Array, 'S L'],
+  parent_where_S: Bool[Array, ' S'],
+  num: int,
+  certified_VxV: Bool[Array, 'V V'] | None = None,
+) -> tuple[Int[Array, 'M L'], Bool[Array, ' M']]:
+  """`num` two-point recombinants: each a uniformly drawn real parent A with a segment [i, j) taken from
+  another real parent B, drawn uniformly. The segment holds at least one site where A and B differ and
+  leaves out at least one, so the child is neither parent: a site d1 of the differences is drawn to go
+  in and another, d2, to stay out, and i and j uniformly among the cuts that keep d1 in and d2 out. With
+  `certified` transitions (`certified_transitions`), only cuts whose new junctions (A[i-1] -> B[i] and
+  B[j-1] -> A[j]) are certified are drawn, so two feasible parents give a child with no transition the
+  labels have not shown feasible. A row is unreal (False) when its parents differ at fewer than two
+  sites or no such cut exists.
+
+  Not in the paper (issue 17): on f2's 0.5625 plateau the parents tie in one arrangement of the
+  motifs, and each lineage drifts on its own; a partial copy of a motif held in two lineages can only
+  be joined by recombination, the GA's other operator.
+  """
+  a_key, b_key, in_key, out_key, start_key, end_key = jax.random.split(key, 6)
+  num_parents, length = parents_SxL.shape
+  logits_S = jnp.where(parent_where_S, 0.0, -jnp.inf)
+  a_M = jax.random.categorical(a_key, jnp.where(jnp.any(parent_where_S), logits_S, 0.0), shape=(num,))
+  others_MxS = jnp.where(jnp.arange(num_parents)[None, :] == a_M[:, None], -jnp.inf, logits_S[None, :])
+  has_other_M = jnp.any(others_MxS > -jnp.inf, axis=1)
+  b_M = jax.random.categorical(b_key, jnp.where(has_other_M[:, None], others_MxS, 0.0))
+  a_MxL, b_MxL = parents_SxL[a_M], parents_SxL[b_M]
+  differ_MxL = a_MxL != b_MxL
+  sites_L = jnp.arange(length)
+  d_in_M = jax.random.categorical(in_key, jnp.where(differ_MxL, 0.0, -jnp.inf))
+  out_MxL = differ_MxL & (sites_L[None, :] != d_in_M[:, None])
+  d_out_M = jax.random.categorical(out_key, jnp.where(out_MxL, 0.0, -jnp.inf))
+  # Starts i in [0, L), ends j in (0, L] (index j - 1), keeping d_in in [i, j) and d_out out of it.
+  before_M = d_out_M < d_in_M  # d_out left of the segment: d_out < i <= d_in < j.
+  start_lo_M = jnp.where(before_M, d_out_M + 1, 0)
+  end_hi_M = jnp.where(before_M, length, d_out_M)
+  ends_L = sites_L + 1
+  start_ok_MxL = (sites_L[None, :] >= start_lo_M[:, None]) & (sites_L[None, :] <= d_in_M[:, None])
+  end_ok_MxL = (ends_L[None, :] > d_in_M[:, None]) & (ends_L[None, :] <= end_hi_M[:, None])
+  if certified_VxV is not None:
+    left_MxL = jnp.roll(a_MxL, 1, axis=1)  # A[i - 1] before B[i]; i = 0 has no junction.
+    start_ok_MxL &= (sites_L[None, :] == 0) | certified_VxV[left_MxL, b_MxL]
+    right_MxL = jnp.roll(a_MxL, -1, axis=1)  # B[j - 1] before A[j]; j = L has no junction.
+    end_ok_MxL &= (ends_L[None, :] == length) | certified_VxV[b_MxL, right_MxL]
+  start_M = jax.random.categorical(start_key, jnp.where(start_ok_MxL, 0.0, -jnp.inf))
+  end_M = jax.random.categorical(end_key, jnp.where(end_ok_MxL, 0.0, -jnp.inf)) + 1
+  inside_MxL = (sites_L[None, :] >= start_M[:, None]) & (sites_L[None, :] < end_M[:, None])
+  real_M = (
+    jnp.any(parent_where_S)
+    & has_other_M
+    & (jnp.sum(differ_MxL, axis=1) >= 2)
+    & jnp.any(start_ok_MxL, axis=1)
+    & jnp.any(end_ok_MxL, axis=1)
+  )
+  children_MxL = jnp.where(real_M[:, None] & inside_MxL, b_MxL, a_MxL)
+  return children_MxL, real_M
+
+
+def _draw_mutants(key, parents_SxL, parent_where_S, num, *, num_states, certified, num_recombinants=0):
   """`num` mutants of the real parents: repair mutants when `certified` transitions are given, blind
-  2-site ones otherwise."""
+  2-site ones otherwise; the last `num_recombinants` of them are `recombinants` instead (with
+  certified junctions when `certified` is given)."""
+  num_mutated = num - num_recombinants
   if certified is not None:
-    return repair_mutants(key, parents_SxL, parent_where_S, num, certified)
-  return two_site_mutants(key, parents_SxL, parent_where_S, num, num_states)
+    mutants = repair_mutants(key, parents_SxL, parent_where_S, num_mutated, certified)
+  else:
+    mutants = two_site_mutants(key, parents_SxL, parent_where_S, num_mutated, num_states)
+  if not num_recombinants:
+    return mutants
+  children = recombinants(
+    jax.random.fold_in(key, 1), parents_SxL, parent_where_S, num_recombinants, certified
+  )
+  return tuple(jnp.concatenate([m, c.astype(m.dtype)]) for m, c in zip(mutants, children, strict=True))
 
 
 def _with_mutants(
-  key, selection: labelling.Selection, seeds_SxL, seed_where_S, history, *, num, num_states, certified=None
+  key,
+  selection: labelling.Selection,
+  seeds_SxL,
+  seed_where_S,
+  history,
+  *,
+  num,
+  num_states,
+  certified=None,
+  num_recombinants=0,
 ):
   """The policy's selection followed by `num` mutant slots (repair mutants when `certified` transitions
   are given, blind ones otherwise); a mutant already labelled, or repeating an earlier row, is not
   labelled. Returns (the selection, which rows are the policy's)."""
   mutants_MxL, mutant_where_M = _draw_mutants(
-    key, seeds_SxL, seed_where_S, num, num_states=num_states, certified=certified
+    key,
+    seeds_SxL,
+    seed_where_S,
+    num,
+    num_states=num_states,
+    certified=certified,
+    num_recombinants=num_recombinants,
   )
   seqs_NxL = jnp.concatenate([selection.seqs_NxL, mutants_MxL.astype(selection.seqs_NxL.dtype)])
   where_N = jnp.concatenate([selection.where_N, mutant_where_M])
@@ -463,6 +560,15 @@ def _with_mutants(
     where_N=where_N,
   )
   return combined, policy_N
+
+
+def recombinant_rows(cfg: LoopConfig, num_rows: int) -> Bool[Array, ' N']:
+  """Which of a round's `num_rows` labelled rows are recombinant slots: the policy's rows come first,
+  then each mutant generation's num_mutants / G rows, the last `recombinants_per_generation` of them
+  recombinants."""
+  per_generation = cfg.num_mutants // cfg.mutant_generations
+  offset_N = jnp.arange(num_rows) - (num_rows - cfg.num_mutants)  # Into the mutant rows.
+  return (offset_N >= 0) & (offset_N % per_generation >= per_generation - cfg.recombinants_per_generation)
 
 
 def _later_mutant_generations(
@@ -503,6 +609,7 @@ def _later_mutant_generations(
       per_generation,
       num_states=num_states,
       certified=certified,
+      num_recombinants=cfg.recombinants_per_generation,
     )
     mutants_MxL = mutants_MxL.astype(seq_dtype)
     where_M = round_metrics.first_occurrences(mutants_MxL, where_M) & ~archive_lib.contains(
@@ -614,6 +721,7 @@ def round_step(
       num=cfg.num_mutants // cfg.mutant_generations,
       num_states=codec.num_states,
       certified=certified,
+      num_recombinants=cfg.recombinants_per_generation,
     )
   values_N = evaluate(selection.seqs_NxL, selection.where_N)
   if cfg.num_mutants and cfg.mutant_generations > 1:
@@ -673,6 +781,10 @@ def round_step(
     'calibration_bin_reward': calibration.bin_mean_reward,
     'calibration_bin_count': calibration.bin_count,
   }
+  if cfg.recombinants_per_generation:
+    labelled_recombinant_N = selection.where_N & recombinant_rows(cfg, values_N.shape[0])
+    metrics['num_labelled_recombinants'] = jnp.sum(labelled_recombinant_N, dtype=jnp.int32)
+    metrics['best_value_recombinants'] = jnp.max(jnp.where(labelled_recombinant_N, values_N, -jnp.inf))
   if repairing:
     metrics['frac_infeasible_explained'] = infeasible_explained(state.history, certified)
     metrics['num_certified_transitions'] = jnp.sum(certified, dtype=jnp.int32)

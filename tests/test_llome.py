@@ -239,6 +239,16 @@ def test_a_finished_run_extended_equals_one_run_with_more_rounds(uninterrupted, 
       r'config\.outer\.mutant_generations=7 must be >= 1 and divide the \d+ mutants',
     ),
     (lambda c: c.outer.__setattr__('seed_pool', 0), ValueError, r'seed_pool must be >= 1, got 0'),
+    (
+      lambda c: (c.outer.__setattr__('mutant_fraction', 0.5), c.outer.__setattr__('crossover_fraction', 1.0)),
+      ValueError,
+      r'crossover_fraction must lie in \[0, 1\), got 1\.0',
+    ),
+    (
+      lambda c: c.outer.__setattr__('crossover_fraction', 0.5),
+      ValueError,
+      r'crossover_fraction > 0 needs mutant slots',
+    ),
   ],
 )
 def test_bad_config_fails_before_any_work(edit, error, match, tmp_path):
@@ -291,7 +301,7 @@ def test_a_config_recorded_before_later_keys_still_resumes(tmp_path):
   workdir.mkdir()
   held = json.loads(json.dumps(config.to_dict()))
   del held['oracle']
-  for key in ('mutant_fraction', 'mutant_kind', 'mutant_generations', 'seed_pool'):
+  for key in ('mutant_fraction', 'mutant_kind', 'mutant_generations', 'seed_pool', 'crossover_fraction'):
     del held['outer'][key]
   (workdir / 'config.json').write_text(json.dumps(held))
   common.prepare_workdir(workdir, config, overwrite=False, outputs=('metrics.jsonl',))

@@ -246,6 +246,7 @@ _infeasible_explained = jax.jit(outer_loop.infeasible_explained)
 _repair_mutants = jax.jit(outer_loop.repair_mutants, static_argnums=3)
 _with_mutants = jax.jit(outer_loop._with_mutants, static_argnames=('num', 'num_states'))
 _diverse_seeds = jax.jit(outer_loop._diverse_seeds, static_argnums=(1, 2))
+_recombinants = jax.jit(outer_loop.recombinants, static_argnums=3)
 
 
 def test_two_site_mutants_edit_two_positions_of_a_real_seed():
@@ -333,6 +334,49 @@ def test_repair_mutants_in_a_round_label_only_certified_transitions(problem):
   assert metrics['frac_infeasible_explained'] == 1.0
 
 
+def test_recombinants_in_a_round_are_counted_apart(problem):
+  """With crossover_fraction=0.5 (and seeds spread over ties, so parents differ), the last 2 of each
+  mutant generation's 4 slots are recombinants: each labelled one joins two labelled sequences, the
+  row's recombinant count and best value are theirs, and the slots before them are still repair
+  mutants of one parent."""
+  before = _copy(problem['state'])
+  cfg = dataclasses.replace(
+    problem['cfg'],
+    num_mutants=8,
+    mutant_kind='repair',
+    mutant_generations=2,
+    crossover_fraction=0.5,
+    seed_pool=2,
+  )
+  assert cfg.recombinants_per_generation == 2
+  run = outer_loop.jit_run_rounds(
+    outer_loop.state_shardings(before, sharding.make_mesh(1)),
+    sharding.make_mesh(1),
+    graphdef=problem['graphdef'],
+    problem=oracle.ehrlich_problem(problem['params'], _LENGTH),
+    codec=problem['codec'],
+    cfg=cfg,
+  )
+  state, (metrics, selection, values) = run(_copy(before), 1, 'sft', 1)
+  metrics, selection, values = jax.tree.map(lambda x: np.asarray(x[0]), (metrics, selection, values))
+  recombinant = np.zeros(24, bool)
+  recombinant[[18, 19, 22, 23]] = True
+  np.testing.assert_array_equal(np.asarray(outer_loop.recombinant_rows(cfg, 24)), recombinant)
+  quarter = dataclasses.replace(cfg, num_mutants=16, crossover_fraction=0.25)  # 2 generations of 8.
+  assert np.flatnonzero(np.asarray(outer_loop.recombinant_rows(quarter, 24))).tolist() == [14, 15, 22, 23]
+  mutant = np.zeros(24, bool)
+  mutant[[16, 17, 20, 21]] = True
+  labelled = selection.where_N
+  assert metrics['num_labelled_recombinants'] == (labelled & recombinant).sum() > 0
+  assert metrics['num_labelled_mutants'] == (labelled & (recombinant | mutant)).sum()
+  assert metrics['best_value_recombinants'] == values[labelled & recombinant].max()
+  known = np.concatenate([np.asarray(archive.contents(before.history)[0]), selection.seqs_NxL[16:20]])
+  for child in selection.seqs_NxL[labelled & recombinant]:
+    assert any(_segment_of(child, a, b) for a in known for b in known)
+  for row in selection.seqs_NxL[labelled & mutant]:
+    assert (row != known).sum(-1).min() <= 3
+
+
 def _transition_walks(allowed_VxV: np.ndarray, count: int, length: int, rng) -> np.ndarray:
   """Random walks on an allowed-transition matrix: sequences that hold only allowed transitions."""
   walks = np.zeros((count, length), np.int32)
@@ -406,6 +450,57 @@ def test_repair_mutants_keep_certified_transitions():
     repaired += len(changed) > 1
   assert repaired > 100  # Repairs happen, and are not the only case.
   assert repaired < len(mutants)
+
+
+def _segment_of(child, first, second):
+  """Whether `child` is `first` with one contiguous segment taken from `second`, neither of them whole."""
+  from_first = np.flatnonzero(child != first)  # Must lie inside the segment ...
+  from_second = np.flatnonzero(child != second)  # ... and these outside it.
+  if not len(from_first) or not len(from_second):
+    return False
+  lo, hi = from_first.min(), from_first.max()
+  return not np.any((from_second >= lo) & (from_second <= hi))
+
+
+def test_recombinants_join_two_real_parents_at_certified_cuts():
+  """Each recombinant is one real parent with a contiguous segment of another, equal to neither; with
+  the true allowed transitions certified every child is feasible (its cuts are certified), which
+  children cut anywhere are not; parents that differ at fewer than two sites give no child."""
+  rng = np.random.default_rng(6)
+  allowed = np.zeros((_STATES, _STATES), bool)
+  while allowed.sum() < 0.6 * _STATES**2 or not allowed.any(axis=1).all():
+    allowed = rng.random((_STATES, _STATES)) < 0.65
+  parents = _transition_walks(allowed, 8, _LENGTH, rng)
+  where = np.array([True, True, False, True, True, False, True, True])
+  real_parents = parents[where]
+  children, real = _recombinants(
+    jax.random.key(7), jnp.asarray(parents), jnp.asarray(where), 400, jnp.asarray(allowed)
+  )
+  children, real = np.asarray(children), np.asarray(real)
+  assert real.mean() > 0.9
+  for child in children[real]:
+    assert any(
+      _segment_of(child, first, second)
+      for i, first in enumerate(real_parents)
+      for j, second in enumerate(real_parents)
+      if i != j
+    )
+  assert np.all(allowed[children[real][:, :-1], children[real][:, 1:]])
+  assert len({tuple(r) for r in children[real].tolist()}) > 100  # Not a few cuts over and over.
+  # Cut anywhere, some junctions are banned transitions.
+  anywhere, real_anywhere = _recombinants(
+    jax.random.key(7), jnp.asarray(parents), jnp.asarray(where), 400, None
+  )
+  anywhere = np.asarray(anywhere)[np.asarray(real_anywhere)]
+  assert not np.all(allowed[anywhere[:, :-1], anywhere[:, 1:]])
+  # One site apart, or one real parent: no recombinant.
+  near = np.stack([parents[0], parents[0]])
+  near[1, 3] = (near[1, 3] + 1) % _STATES
+  _, real_near = _recombinants(jax.random.key(8), jnp.asarray(near), jnp.ones(2, bool), 16, None)
+  _, real_alone = _recombinants(
+    jax.random.key(8), jnp.asarray(parents), jnp.asarray(np.arange(8) == 2), 16, None
+  )
+  assert not np.asarray(real_near).any() and not np.asarray(real_alone).any()
 
 
 def _farthest_first_reference(seqs, ranked, num):

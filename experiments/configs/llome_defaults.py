@@ -61,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   # E x num_seeds labelled sequences so far, those at the best value thinned farthest-first on Hamming
   # distance, then the next best (LoopConfig.seed_pool).
   config.outer.seed_pool = 1
+  # Of each mutant generation's rows, this share are two-point recombinants of two of its parents
+  # (0: none; LoopConfig.crossover_fraction).
+  config.outer.crossover_fraction = 0.0
 
   config.pairs = ml_collections.ConfigDict()
   config.pairs.capacity = 4096  # Most pairs (or DPO triples) trained on per round.
