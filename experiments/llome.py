@@ -4,7 +4,7 @@ r"""LLOME on an Ehrlich function: GA seed data, then rounds of train -> inner lo
       --config.outer.num_rounds=5
 
 Writes to workdir: config.json; metrics.jsonl (round 0 is the seed data, then one object per round);
-seed_data.npz; labelled/round_NNNN.npz (each round's labelled sequences, values and likelihoods);
+seed_data.npz; labelled/round_NNNN.npz (each round's labelled sequences, values, likelihoods and sources);
 best.json; regret.png; checkpoints/ (Orbax, the whole loop state). Rerunning on the same workdir
 resumes from the last checkpoint and ends as an uninterrupted run would; a workdir holding another
 config is refused unless --overwrite is given.
@@ -221,9 +221,14 @@ def _rows(metrics: dict, num_rounds: int) -> list[dict]:
   return rows
 
 
-def _save_labelled(workdir: pathlib.Path, first_round: int, selection, values) -> None:
+def _save_labelled(workdir: pathlib.Path, first_round: int, selection, values, loop_cfg) -> None:
+  """Each round's labelled rows, in the order they were drawn, with where each came from (`sources`:
+  0 the policy, 1 a mutant, 2 a recombinant)."""
   directory = workdir / 'labelled'
   directory.mkdir(exist_ok=True)
+  num_rows = values.shape[1]
+  sources_N = np.where(np.arange(num_rows) < num_rows - loop_cfg.num_mutants, 0, 1).astype(np.int8)
+  sources_N[np.asarray(outer_loop.recombinant_rows(loop_cfg, num_rows))] = 2
   for i in range(values.shape[0]):
     where = selection.where_N[i]
     path = directory / f'round_{first_round + i:04d}.npz'
@@ -233,6 +238,7 @@ def _save_labelled(workdir: pathlib.Path, first_round: int, selection, values) -
       sequences=selection.seqs_NxL[i][where],
       values=values[i][where],
       likelihoods=selection.likelihood_N[i][where],
+      sources=sources_N[where],
     )
     tmp.replace(path)
 
@@ -296,7 +302,7 @@ def run_experiment(
     )
     new_rows = _rows(metrics, length)
     if writer:
-      _save_labelled(workdir, first, selection, values)
+      _save_labelled(workdir, first, selection, values, setup.loop_cfg)
       metrics_io.append_jsonl(metrics_path, new_rows)
     rows.extend(new_rows)
     metadata = {'round': int(state.round), 'history_capacity': state.history.capacity}

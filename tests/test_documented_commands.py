@@ -157,6 +157,11 @@ def test_readme_f2_walkthrough(tmp_path):
   assert [row['round'] for row in rows] == [0, 1]
   assert rows[-1]['num_evaluations'] == 10_000 + rows[1]['num_labelled'] > 10_000
   assert 0 < rows[1]['num_labelled_mutants'] <= 16  # f2_marge.py gives half the labels to repair mutants.
+  labelled = np.load(tmp_path / 'runs' / 'f2_marge' / 'labelled' / 'round_0001.npz')
+  sources, likelihoods = labelled['sources'], labelled['likelihoods']
+  assert np.sum(sources > 0) == rows[1]['num_labelled_mutants']
+  assert np.all(sources[: np.sum(sources == 0)] == 0)  # The policy's rows come first.
+  assert np.isfinite(likelihoods[sources == 0]).all() and np.isnan(likelihoods[sources > 0]).all()
   assert rows[1]['frac_infeasible_explained'] == 1.0
   _run(_documented(r'experiments\.compare '), tmp_path)
   assert (tmp_path / 'runs' / 'f2.png').read_bytes()[:4] == b'\x89PNG'
