@@ -184,11 +184,12 @@ def test_seeds_fall_back_to_the_best_labelled_sequences(problem):
   np.testing.assert_array_equal(np.asarray(seed_values), want_values)  # Each seed's own label.
 
 
-def _one_round_on(problem, mesh, *, split_rows: bool):
+def _one_round_cfg(problem, split_rows: bool = False):
   """One SFT round at a learning rate of 1e-30, rows that do not divide 8 (6 seeds x 5 decoding
-  settings = 30 trajectories, 21 labels, 6 of them repair mutants in 2 generations of 3), the seeds
-  spread farthest-first over the best 12 labelled sequences (seed_pool=2)."""
-  cfg = dataclasses.replace(
+  settings = 30 trajectories, 21 labels, 6 of them mutant slots in 2 generations of 3: 2 repair
+  mutants and 1 recombinant each), the seeds spread farthest-first over the best 12 labelled sequences
+  (seed_pool=2)."""
+  return dataclasses.replace(
     problem['cfg'],
     select=labelling.SelectConfig(num_labels=21),
     sft_optim=train.OptimConfig(learning_rate=1e-30),
@@ -197,7 +198,12 @@ def _one_round_on(problem, mesh, *, split_rows: bool):
     mutant_kind='repair',
     mutant_generations=2,
     seed_pool=2,
+    crossover_fraction=1 / 3,
   )
+
+
+def _one_round_on(problem, mesh, *, split_rows: bool):
+  cfg = _one_round_cfg(problem, split_rows)
   state_sh = outer_loop.state_shardings(problem['state'], mesh)
   run = outer_loop.jit_run_rounds(
     state_sh,
@@ -237,6 +243,33 @@ def test_a_round_on_8_devices_equals_one_device(problem, one_device_round, split
   chex.assert_trees_all_close(metrics_8, metrics_1, rtol=1e-5, atol=0)
   chex.assert_trees_all_close(selection_8, selection_1, rtol=1e-6, atol=0)
   chex.assert_trees_all_close(state_8.params, state_1.params, atol=1e-25, rtol=0)
+
+
+def test_recombinants_in_a_round_are_counted_apart(problem, one_device_round):
+  """The last slot of each 3-slot mutant generation is a recombinant: each labelled one joins two
+  sequences labelled before it, the row's recombinant count and best value are those slots', and the
+  mutant slots before them are repair mutants of one parent."""
+  metrics, selection, values = jax.tree.map(lambda x: np.asarray(x)[0], one_device_round[1])
+  cfg = _one_round_cfg(problem)
+  assert cfg.recombinants_per_generation == 1
+  recombinant = np.zeros(21, bool)
+  recombinant[[17, 20]] = True
+  np.testing.assert_array_equal(np.asarray(outer_loop.recombinant_rows(cfg, 21)), recombinant)
+  quarter = dataclasses.replace(cfg, num_mutants=16, select=labelling.SelectConfig(num_labels=24))
+  quarter = dataclasses.replace(quarter, crossover_fraction=0.25)  # 2 generations of 8, 2 recombinants.
+  assert np.flatnonzero(np.asarray(outer_loop.recombinant_rows(quarter, 24))).tolist() == [14, 15, 22, 23]
+  labelled = selection.where_N
+  mutant = (np.arange(21) >= 15) & ~recombinant
+  assert metrics['num_labelled_recombinants'] == (labelled & recombinant).sum() > 0
+  assert metrics['num_labelled_mutants'] == (labelled & (np.arange(21) >= 15)).sum()
+  assert metrics['best_value_recombinants'] == values[labelled & recombinant].max()
+  known = np.concatenate(
+    [np.asarray(archive.contents(problem['state'].history)[0]), selection.seqs_NxL[15:18]]
+  )
+  for child in selection.seqs_NxL[labelled & recombinant]:
+    assert any(_segment_of(child, a, b) for a in known for b in known)
+  for row in selection.seqs_NxL[labelled & mutant]:
+    assert (row != known).sum(-1).min() <= 3
 
 
 # The mutation kernels jitted as a round runs them: eager, each of their many ops compiles on its own.
@@ -332,49 +365,6 @@ def test_repair_mutants_in_a_round_label_only_certified_transitions(problem):
   assert metrics['num_certified_transitions'] == certified.sum()
   assert not np.isfinite(np.asarray(before.history.values_C)[: int(before.history.count)]).all()
   assert metrics['frac_infeasible_explained'] == 1.0
-
-
-def test_recombinants_in_a_round_are_counted_apart(problem):
-  """With crossover_fraction=0.5 (and seeds spread over ties, so parents differ), the last 2 of each
-  mutant generation's 4 slots are recombinants: each labelled one joins two labelled sequences, the
-  row's recombinant count and best value are theirs, and the slots before them are still repair
-  mutants of one parent."""
-  before = _copy(problem['state'])
-  cfg = dataclasses.replace(
-    problem['cfg'],
-    num_mutants=8,
-    mutant_kind='repair',
-    mutant_generations=2,
-    crossover_fraction=0.5,
-    seed_pool=2,
-  )
-  assert cfg.recombinants_per_generation == 2
-  run = outer_loop.jit_run_rounds(
-    outer_loop.state_shardings(before, sharding.make_mesh(1)),
-    sharding.make_mesh(1),
-    graphdef=problem['graphdef'],
-    problem=oracle.ehrlich_problem(problem['params'], _LENGTH),
-    codec=problem['codec'],
-    cfg=cfg,
-  )
-  state, (metrics, selection, values) = run(_copy(before), 1, 'sft', 1)
-  metrics, selection, values = jax.tree.map(lambda x: np.asarray(x[0]), (metrics, selection, values))
-  recombinant = np.zeros(24, bool)
-  recombinant[[18, 19, 22, 23]] = True
-  np.testing.assert_array_equal(np.asarray(outer_loop.recombinant_rows(cfg, 24)), recombinant)
-  quarter = dataclasses.replace(cfg, num_mutants=16, crossover_fraction=0.25)  # 2 generations of 8.
-  assert np.flatnonzero(np.asarray(outer_loop.recombinant_rows(quarter, 24))).tolist() == [14, 15, 22, 23]
-  mutant = np.zeros(24, bool)
-  mutant[[16, 17, 20, 21]] = True
-  labelled = selection.where_N
-  assert metrics['num_labelled_recombinants'] == (labelled & recombinant).sum() > 0
-  assert metrics['num_labelled_mutants'] == (labelled & (recombinant | mutant)).sum()
-  assert metrics['best_value_recombinants'] == values[labelled & recombinant].max()
-  known = np.concatenate([np.asarray(archive.contents(before.history)[0]), selection.seqs_NxL[16:20]])
-  for child in selection.seqs_NxL[labelled & recombinant]:
-    assert any(_segment_of(child, a, b) for a in known for b in known)
-  for row in selection.seqs_NxL[labelled & mutant]:
-    assert (row != known).sum(-1).min() <= 3
 
 
 def _transition_walks(allowed_VxV: np.ndarray, count: int, length: int, rng) -> np.ndarray:
