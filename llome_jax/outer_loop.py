@@ -70,8 +70,10 @@ class LoopConfig:
       walks the plateau from its far ends (issue 17).
     crossover_fraction: of each mutant generation's num_mutants / G rows, this share (rounded) are
       two-point `recombinants` of two of the generation's parents instead of mutants of one (0: none).
-      Not in the paper: the lineages that walk f2's 0.5625 plateau each drift on their own, and a
-      motif rebuilt elsewhere in pieces across lineages can only be joined by recombination (issue 17).
+      A slot with no recombinant (parents that differ at fewer than two sites) or one that repeats a
+      labelled sequence goes unlabelled, so the round pays for fewer calls. Not in the paper: the
+      lineages that walk f2's 0.5625 plateau each drift on their own, and a motif rebuilt elsewhere in
+      pieces across lineages can only be joined by recombination (issue 17; RESULTS.md measures it).
   """
 
   pairs: pairs.PairConfig
