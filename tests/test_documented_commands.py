@@ -137,7 +137,7 @@ _SMALL_F2_LLOME = (
   '--config.outer.num_rounds=1',
   '--config.train.first_round_epochs=2',
   '--config.outer.num_seeds=8',
-  '--config.outer.num_labels=32',
+  '--config.outer.num_labels=40',  # 20 repair mutants: one in each of f2_marge.py's 20 generations.
   '--config.inner.num_iterations=2',
   '--config.inner.temperatures=(1.0,)',
   '--config.inner.samples_per_temperature=2',
@@ -156,7 +156,7 @@ def test_readme_f2_walkthrough(tmp_path):
   rows = _rows(tmp_path / 'runs' / 'f2_marge')
   assert [row['round'] for row in rows] == [0, 1]
   assert rows[-1]['num_evaluations'] == 10_000 + rows[1]['num_labelled'] > 10_000
-  assert 0 < rows[1]['num_labelled_mutants'] <= 16  # f2_marge.py gives half the labels to repair mutants.
+  assert 0 < rows[1]['num_labelled_mutants'] <= 20  # f2_marge.py gives half the labels to repair mutants.
   labelled = np.load(tmp_path / 'runs' / 'f2_marge' / 'labelled' / 'round_0001.npz')
   sources, likelihoods = labelled['sources'], labelled['likelihoods']
   assert np.sum(sources > 0) == rows[1]['num_labelled_mutants']

@@ -12,13 +12,15 @@ candidates than labels, at 3.6x less decoding (a run takes about 8.5 minutes on 
 Not in the paper (RESULTS.md, "Ablations"), the levers that issue 17's diagnosis of the f2 plateaus
 points at:
 - half of each round's labels go to repair mutants of the round's seeds (`outer.mutant_fraction=0.5`,
-  `outer.mutant_kind='repair'`; outer_loop.repair_mutants), labelled in 8 generations of 125, each
-  drawn from the best of the last (`outer.mutant_generations=8`);
+  `outer.mutant_kind='repair'`; outer_loop.repair_mutants), labelled in 20 generations of 50, each
+  drawn from the best of the last (`outer.mutant_generations=20`; 8 generations of 125 until the
+  seventh session);
 - the round's seeds are spread farthest-first (Hamming) over the labelled sequences tied at the best
   value (`outer.seed_pool=4`; outer_loop.LoopConfig.seed_pool), so a plateau's minority arrangements
   are edited too, not only its dominant one.
-`--config.outer.mutant_generations=1 --config.outer.seed_pool=1` gives the repair-mutant config of
-the earlier ablation rows; f2_marge_paper.py is this config without any of them: the paper's LLOME,
+`--config.outer.mutant_generations=8` gives the config of the sixth session's rows, and
+`--config.outer.mutant_generations=1 --config.outer.seed_pool=1` the repair-mutant config of the
+earlier ablation rows; f2_marge_paper.py is this config without any of them: the paper's LLOME,
 every label the policy's and the seeds the best pairs' better members.
 
 f2_sft.py and f2_dpo.py change only the schedule (and DPO's learning rate and beta); f2_sft_paper.py
@@ -51,7 +53,7 @@ def f2_config(schedule: str, *, paper: bool = False):
   if not paper:
     config.outer.mutant_fraction = 0.5
     config.outer.mutant_kind = 'repair'
-    config.outer.mutant_generations = 8
+    config.outer.mutant_generations = 20
     config.outer.seed_pool = 4
   return config
 
