@@ -227,8 +227,7 @@ def _save_labelled(workdir: pathlib.Path, first_round: int, selection, values, l
   directory = workdir / 'labelled'
   directory.mkdir(exist_ok=True)
   num_rows = values.shape[1]
-  sources_N = np.where(np.arange(num_rows) < num_rows - loop_cfg.num_mutants, 0, 1).astype(np.int8)
-  sources_N[np.asarray(outer_loop.recombinant_rows(loop_cfg, num_rows))] = 2
+  sources_N = np.asarray(outer_loop.row_sources(loop_cfg, num_rows), np.int8)
   for i in range(values.shape[0]):
     where = selection.where_N[i]
     path = directory / f'round_{first_round + i:04d}.npz'

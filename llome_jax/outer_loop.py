@@ -21,6 +21,8 @@ from llome_jax.lambo2 import selection as lambo2_selection
 
 SCHEDULES = ('sft', 'marge', 'dpo')
 MUTANT_KINDS = ('blind', 'repair')
+# A labelled row's origin, as `row_sources` gives it and labelled/round_NNNN.npz stores it.
+SOURCE_POLICY, SOURCE_MUTANT, SOURCE_RECOMBINANT = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -564,13 +566,17 @@ def _with_mutants(
   return combined, policy_N
 
 
-def recombinant_rows(cfg: LoopConfig, num_rows: int) -> Bool[Array, ' N']:
-  """Which of a round's `num_rows` labelled rows are recombinant slots: the policy's rows come first,
-  then each mutant generation's num_mutants / G rows, the last `recombinants_per_generation` of them
-  recombinants."""
+def row_sources(cfg: LoopConfig, num_rows: int) -> Int[Array, ' N']:
+  """Where each of a round's `num_rows` labelled rows comes from: `SOURCE_POLICY` for the policy's rows,
+  which come first, then the mutant generations' num_mutants / G rows each, the last
+  `recombinants_per_generation` of every generation `SOURCE_RECOMBINANT` and the rest `SOURCE_MUTANT`.
+  The one statement of a round's row layout: the round's metrics and the saved labels both read it."""
   per_generation = cfg.num_mutants // cfg.mutant_generations
   offset_N = jnp.arange(num_rows) - (num_rows - cfg.num_mutants)  # Into the mutant rows.
-  return (offset_N >= 0) & (offset_N % per_generation >= per_generation - cfg.recombinants_per_generation)
+  recombinant_N = (offset_N >= 0) & (
+    offset_N % per_generation >= per_generation - cfg.recombinants_per_generation
+  )
+  return jnp.where(offset_N < 0, SOURCE_POLICY, jnp.where(recombinant_N, SOURCE_RECOMBINANT, SOURCE_MUTANT))
 
 
 def _later_mutant_generations(
@@ -784,7 +790,7 @@ def round_step(
     'calibration_bin_count': calibration.bin_count,
   }
   if cfg.recombinants_per_generation:
-    labelled_recombinant_N = selection.where_N & recombinant_rows(cfg, values_N.shape[0])
+    labelled_recombinant_N = selection.where_N & (row_sources(cfg, values_N.shape[0]) == SOURCE_RECOMBINANT)
     metrics['num_labelled_recombinants'] = jnp.sum(labelled_recombinant_N, dtype=jnp.int32)
     metrics['best_value_recombinants'] = jnp.max(jnp.where(labelled_recombinant_N, values_N, -jnp.inf))
   if repairing:

@@ -252,16 +252,22 @@ def test_recombinants_in_a_round_are_counted_apart(problem, one_device_round):
   metrics, selection, values = jax.tree.map(lambda x: np.asarray(x)[0], one_device_round[1])
   cfg = _one_round_cfg(problem)
   assert cfg.recombinants_per_generation == 1
-  recombinant = np.zeros(21, bool)
-  recombinant[[17, 20]] = True
-  np.testing.assert_array_equal(np.asarray(outer_loop.recombinant_rows(cfg, 21)), recombinant)
+  sources = np.zeros(21, int)  # 15 policy rows, then 2 generations of 2 mutants and 1 recombinant.
+  sources[[15, 16, 18, 19]] = outer_loop.SOURCE_MUTANT
+  sources[[17, 20]] = outer_loop.SOURCE_RECOMBINANT
+  np.testing.assert_array_equal(np.asarray(outer_loop.row_sources(cfg, 21)), sources)
   quarter = dataclasses.replace(cfg, num_mutants=16, select=labelling.SelectConfig(num_labels=24))
   quarter = dataclasses.replace(quarter, crossover_fraction=0.25)  # 2 generations of 8, 2 recombinants.
-  assert np.flatnonzero(np.asarray(outer_loop.recombinant_rows(quarter, 24))).tolist() == [14, 15, 22, 23]
+  quarter_sources = np.asarray(outer_loop.row_sources(quarter, 24))
+  assert np.flatnonzero(quarter_sources == outer_loop.SOURCE_RECOMBINANT).tolist() == [14, 15, 22, 23]
+  assert np.flatnonzero(quarter_sources == outer_loop.SOURCE_POLICY).tolist() == list(range(8))
+  no_crossover = dataclasses.replace(cfg, crossover_fraction=0.0)
+  assert set(np.asarray(outer_loop.row_sources(no_crossover, 21))[15:]) == {outer_loop.SOURCE_MUTANT}
   labelled = selection.where_N
-  mutant = (np.arange(21) >= 15) & ~recombinant
+  recombinant = sources == outer_loop.SOURCE_RECOMBINANT
+  mutant = sources == outer_loop.SOURCE_MUTANT
   assert metrics['num_labelled_recombinants'] == (labelled & recombinant).sum() > 0
-  assert metrics['num_labelled_mutants'] == (labelled & (np.arange(21) >= 15)).sum()
+  assert metrics['num_labelled_mutants'] == (labelled & (sources != outer_loop.SOURCE_POLICY)).sum()
   assert metrics['best_value_recombinants'] == values[labelled & recombinant].max()
   known = np.concatenate(
     [np.asarray(archive.contents(problem['state'].history)[0]), selection.seqs_NxL[15:18]]
