@@ -344,6 +344,8 @@ ADDED_KEYS = {
   'outer.mutant_generations': 1,
   'outer.seed_pool': 1,
   'outer.crossover_fraction': 0.0,
+  'outer.duplication_fraction': 0.0,
+  'outer.duplication_max_length': 10,
 }
 
 

@@ -150,6 +150,8 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     mutant_generations=outer.mutant_generations,
     seed_pool=outer.seed_pool,
     crossover_fraction=outer.crossover_fraction,
+    duplication_fraction=outer.duplication_fraction,
+    duplication_max_length=outer.duplication_max_length,
   )
   pool = inner.num_iterations * outer.num_seeds * inner.rows_per_seed
   if outer.num_labels > pool:
@@ -223,7 +225,7 @@ def _rows(metrics: dict, num_rounds: int) -> list[dict]:
 
 def _save_labelled(workdir: pathlib.Path, first_round: int, selection, values, loop_cfg) -> None:
   """Each round's labelled rows, in the order they were drawn, with where each came from (`sources`:
-  0 the policy, 1 a mutant, 2 a recombinant)."""
+  0 the policy, 1 a mutant, 2 a recombinant, 3 a duplication)."""
   directory = workdir / 'labelled'
   directory.mkdir(exist_ok=True)
   num_rows = values.shape[1]

@@ -22,7 +22,7 @@ from llome_jax.lambo2 import selection as lambo2_selection
 SCHEDULES = ('sft', 'marge', 'dpo')
 MUTANT_KINDS = ('blind', 'repair')
 # A labelled row's origin, as `row_sources` gives it and labelled/round_NNNN.npz stores it.
-SOURCE_POLICY, SOURCE_MUTANT, SOURCE_RECOMBINANT = 0, 1, 2
+SOURCE_POLICY, SOURCE_MUTANT, SOURCE_RECOMBINANT, SOURCE_DUPLICATION = 0, 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +76,14 @@ class LoopConfig:
       labelled sequence goes unlabelled, so the round pays for fewer calls. Not in the paper: the
       lineages that walk f2's 0.5625 plateau each drift on their own, and a motif rebuilt elsewhere in
       pieces across lineages can only be joined by recombination (issue 17; RESULTS.md measures it).
+    duplication_fraction: of each mutant generation's rows, this share (rounded) are segment
+      `duplications` of one parent (a piece of it copied over another place of itself), after the
+      recombinants (0: none). Not in the paper: on f2's 0.5625 plateau no double substitution
+      improves and no neutral one opens an improving substitution, because a motif that overlaps
+      another must be rebuilt elsewhere, four elements at once; a copy of the segment that holds 3
+      of its 4 elements puts the rebuilt motif one substitution from done (RESULTS.md, issue 17).
+    duplication_max_length: the longest segment a duplication copies (lengths are drawn uniformly
+      from 2 to this, at most L - 1).
   """
 
   pairs: pairs.PairConfig
@@ -97,6 +105,8 @@ class LoopConfig:
   mutant_generations: int = 1
   seed_pool: int = 1
   crossover_fraction: float = 0.0
+  duplication_fraction: float = 0.0
+  duplication_max_length: int = 10
 
   def __post_init__(self):
     if self.mutant_kind not in MUTANT_KINDS:
@@ -120,6 +130,21 @@ class LoopConfig:
       raise ValueError(f'crossover_fraction must lie in [0, 1), got {self.crossover_fraction}.')
     if self.crossover_fraction and not self.num_mutants:
       raise ValueError('crossover_fraction > 0 needs mutant slots (num_mutants > 0) to fill.')
+    if not 0.0 <= self.duplication_fraction < 1.0:
+      raise ValueError(f'duplication_fraction must lie in [0, 1), got {self.duplication_fraction}.')
+    if self.duplication_fraction and not self.num_mutants:
+      raise ValueError('duplication_fraction > 0 needs mutant slots (num_mutants > 0) to fill.')
+    if self.duplication_max_length < 2:
+      raise ValueError(f'duplication_max_length must be >= 2, got {self.duplication_max_length}.')
+    per_generation = self.num_mutants // self.mutant_generations
+    if (
+      self.num_mutants
+      and self.recombinants_per_generation + self.duplications_per_generation > per_generation
+    ):
+      raise ValueError(
+        f'crossover_fraction + duplication_fraction = {self.crossover_fraction + self.duplication_fraction} '
+        f'asks for more than the {per_generation} mutant slots of a generation.'
+      )
     if not 0 <= self.num_mutants < self.select.num_labels:
       raise ValueError(
         f'num_mutants={self.num_mutants} must lie in [0, num_labels={self.select.num_labels}): the policy '
@@ -130,6 +155,11 @@ class LoopConfig:
   def recombinants_per_generation(self) -> int:
     """Of each mutant generation's rows, how many are recombinants (the last ones of it)."""
     return round(self.crossover_fraction * (self.num_mutants // self.mutant_generations))
+
+  @property
+  def duplications_per_generation(self) -> int:
+    """Of each mutant generation's rows, how many are segment duplications (the last ones of it)."""
+    return round(self.duplication_fraction * (self.num_mutants // self.mutant_generations))
 
   def training_of_round(self, round_index: int) -> tuple[str, int]:
     """(objective, epochs) of a round: round 1 is SFT for first_round_epochs; later rounds follow the
@@ -513,21 +543,100 @@ def recombinants(
   return children_MxL, real_M
 
 
-def _draw_mutants(key, parents_SxL, parent_where_S, num, *, num_states, certified, num_recombinants=0):
+def duplications(
+  key: PRNGKeyArray,
+  parents_SxL: Int[Array, 'S L'],
+  parent_where_S: Bool[Array, ' S'],
+  num: int,
+  max_length: int,
+  certified_VxV: Bool[Array, 'V V'] | None = None,
+) -> tuple[Int[Array, 'M L'], Bool[Array, ' M']]:
+  """`num` segment duplications: a uniformly drawn real parent A with A[s:s+l] copied over A[d:d+l]
+  (copied from A as it was, so the two may overlap). The length l is uniform in [2, max_length] (at
+  most L - 1) and the source s uniform in [0, L - l]; the destination d is uniform among those where
+  the copy changes A and, with `certified` transitions, both new junctions (A[d-1] -> A[s] and
+  A[s+l-1] -> A[d+l]) are certified. Inside the copy every transition is one of A's own, so a
+  feasible parent gives a child with no transition the labels have not shown feasible. A row is unreal
+  (False) when no such destination exists.
+
+  Not in the paper (issue 17): the GA's and the policy's edits rebuild a motif that another overlaps
+  one element at a time, each step neutral; a duplication moves the three elements it holds at once.
+  """
+  a_key, length_key, source_key, dest_key = jax.random.split(key, 4)
+  length = parents_SxL.shape[1]
+  longest = min(max_length, length - 1)
+  logits_S = jnp.where(parent_where_S, 0.0, -jnp.inf)
+  a_M = jax.random.categorical(a_key, jnp.where(jnp.any(parent_where_S), logits_S, 0.0), shape=(num,))
+  a_MxL = parents_SxL[a_M]
+  len_M = jax.random.randint(length_key, (num,), 2, longest + 1)
+  source_M = jax.random.randint(source_key, (num,), 0, length - len_M + 1)
+  sites_L, offsets_T = jnp.arange(length), jnp.arange(longest)
+  in_copy_MxT = offsets_T[None, :] < len_M[:, None]
+  copy_MxT = jnp.take_along_axis(a_MxL, jnp.minimum(source_M[:, None] + offsets_T, length - 1), axis=1)
+  # What each destination d would overwrite: A[d + t] for t < l.
+  under_MxLxT = jax.vmap(lambda a_L: a_L[jnp.minimum(sites_L[:, None] + offsets_T[None, :], length - 1)])(
+    a_MxL
+  )
+  changes_MxL = jnp.any((copy_MxT[:, None, :] != under_MxLxT) & in_copy_MxT[:, None, :], axis=2)
+  ok_MxL = (sites_L[None, :] <= (length - len_M)[:, None]) & changes_MxL
+  if certified_VxV is not None:
+    first_M = copy_MxT[:, 0]
+    last_M = jnp.take_along_axis(a_MxL, (source_M + len_M - 1)[:, None], axis=1)[:, 0]
+    left_MxL = jnp.roll(a_MxL, 1, axis=1)  # A[d - 1]; d = 0 has no left junction.
+    ok_MxL &= (sites_L[None, :] == 0) | certified_VxV[left_MxL, first_M[:, None]]
+    end_MxL = sites_L[None, :] + len_M[:, None]  # d + l; d + l = L has no right junction.
+    right_MxL = jnp.take_along_axis(a_MxL, jnp.minimum(end_MxL, length - 1), axis=1)
+    ok_MxL &= (end_MxL == length) | certified_VxV[last_M[:, None], right_MxL]
+  dest_M = jax.random.categorical(dest_key, jnp.where(ok_MxL, 0.0, -jnp.inf))
+  real_M = jnp.any(parent_where_S) & jnp.any(ok_MxL, axis=1)
+  inside_MxL = (sites_L[None, :] >= dest_M[:, None]) & (sites_L[None, :] < (dest_M + len_M)[:, None])
+  from_MxL = jnp.clip(sites_L[None, :] - dest_M[:, None] + source_M[:, None], 0, length - 1)
+  copied_MxL = jnp.take_along_axis(a_MxL, from_MxL, axis=1)
+  children_MxL = jnp.where(real_M[:, None] & inside_MxL, copied_MxL, a_MxL)
+  return children_MxL, real_M
+
+
+def _draw_mutants(
+  key,
+  parents_SxL,
+  parent_where_S,
+  num,
+  *,
+  num_states,
+  certified,
+  num_recombinants=0,
+  num_duplications=0,
+  duplication_max_length=2,
+):
   """`num` mutants of the real parents: repair mutants when `certified` transitions are given, blind
-  2-site ones otherwise; the last `num_recombinants` of them are `recombinants` instead (with
-  certified junctions when `certified` is given)."""
-  num_mutated = num - num_recombinants
+  2-site ones otherwise; of them, `num_recombinants` and then the last `num_duplications` are
+  `recombinants` and segment `duplications` instead (with certified junctions when `certified` is
+  given)."""
+  num_mutated = num - num_recombinants - num_duplications
   if certified is not None:
     mutants = repair_mutants(key, parents_SxL, parent_where_S, num_mutated, certified)
   else:
     mutants = two_site_mutants(key, parents_SxL, parent_where_S, num_mutated, num_states)
-  if not num_recombinants:
+  parts = [mutants]
+  if num_recombinants:
+    parts.append(
+      recombinants(jax.random.fold_in(key, 1), parents_SxL, parent_where_S, num_recombinants, certified)
+    )
+  if num_duplications:
+    parts.append(
+      duplications(
+        jax.random.fold_in(key, 2),
+        parents_SxL,
+        parent_where_S,
+        num_duplications,
+        duplication_max_length,
+        certified,
+      )
+    )
+  if len(parts) == 1:
     return mutants
-  children = recombinants(
-    jax.random.fold_in(key, 1), parents_SxL, parent_where_S, num_recombinants, certified
-  )
-  return tuple(jnp.concatenate([m, c.astype(m.dtype)]) for m, c in zip(mutants, children, strict=True))
+  seqs = jnp.concatenate([part[0].astype(mutants[0].dtype) for part in parts])
+  return seqs, jnp.concatenate([part[1] for part in parts])
 
 
 def _with_mutants(
@@ -541,6 +650,8 @@ def _with_mutants(
   num_states,
   certified=None,
   num_recombinants=0,
+  num_duplications=0,
+  duplication_max_length=2,
 ):
   """The policy's selection followed by `num` mutant slots (repair mutants when `certified` transitions
   are given, blind ones otherwise); a mutant already labelled, or repeating an earlier row, is not
@@ -553,6 +664,8 @@ def _with_mutants(
     num_states=num_states,
     certified=certified,
     num_recombinants=num_recombinants,
+    num_duplications=num_duplications,
+    duplication_max_length=duplication_max_length,
   )
   seqs_NxL = jnp.concatenate([selection.seqs_NxL, mutants_MxL.astype(selection.seqs_NxL.dtype)])
   where_N = jnp.concatenate([selection.where_N, mutant_where_M])
@@ -568,15 +681,23 @@ def _with_mutants(
 
 def row_sources(cfg: LoopConfig, num_rows: int) -> Int[Array, ' N']:
   """Where each of a round's `num_rows` labelled rows comes from: `SOURCE_POLICY` for the policy's rows,
-  which come first, then the mutant generations' num_mutants / G rows each, the last
-  `recombinants_per_generation` of every generation `SOURCE_RECOMBINANT` and the rest `SOURCE_MUTANT`.
+  which come first, then the mutant generations' num_mutants / G rows each: in every generation the
+  last `duplications_per_generation` are `SOURCE_DUPLICATION`, the `recombinants_per_generation` before
+  them `SOURCE_RECOMBINANT` and the rest `SOURCE_MUTANT`.
   The one statement of a round's row layout: the round's metrics and the saved labels both read it."""
   per_generation = cfg.num_mutants // cfg.mutant_generations
   offset_N = jnp.arange(num_rows) - (num_rows - cfg.num_mutants)  # Into the mutant rows.
-  recombinant_N = (offset_N >= 0) & (
-    offset_N % per_generation >= per_generation - cfg.recombinants_per_generation
+  slot_N = offset_N % max(per_generation, 1)  # Within its generation: mutants, recombinants, duplications.
+  duplication_N = (offset_N >= 0) & (slot_N >= per_generation - cfg.duplications_per_generation)
+  recombinant_N = (
+    (offset_N >= 0)
+    & ~duplication_N
+    & (slot_N >= per_generation - cfg.duplications_per_generation - cfg.recombinants_per_generation)
   )
-  return jnp.where(offset_N < 0, SOURCE_POLICY, jnp.where(recombinant_N, SOURCE_RECOMBINANT, SOURCE_MUTANT))
+  mixed_N = jnp.where(
+    duplication_N, SOURCE_DUPLICATION, jnp.where(recombinant_N, SOURCE_RECOMBINANT, SOURCE_MUTANT)
+  )
+  return jnp.where(offset_N < 0, SOURCE_POLICY, mixed_N)
 
 
 def _later_mutant_generations(
@@ -618,6 +739,8 @@ def _later_mutant_generations(
       num_states=num_states,
       certified=certified,
       num_recombinants=cfg.recombinants_per_generation,
+      num_duplications=cfg.duplications_per_generation,
+      duplication_max_length=cfg.duplication_max_length,
     )
     mutants_MxL = mutants_MxL.astype(seq_dtype)
     where_M = round_metrics.first_occurrences(mutants_MxL, where_M) & ~archive_lib.contains(
@@ -730,6 +853,8 @@ def round_step(
       num_states=codec.num_states,
       certified=certified,
       num_recombinants=cfg.recombinants_per_generation,
+      num_duplications=cfg.duplications_per_generation,
+      duplication_max_length=cfg.duplication_max_length,
     )
   values_N = evaluate(selection.seqs_NxL, selection.where_N)
   if cfg.num_mutants and cfg.mutant_generations > 1:
@@ -789,10 +914,15 @@ def round_step(
     'calibration_bin_reward': calibration.bin_mean_reward,
     'calibration_bin_count': calibration.bin_count,
   }
-  if cfg.recombinants_per_generation:
-    labelled_recombinant_N = selection.where_N & (row_sources(cfg, values_N.shape[0]) == SOURCE_RECOMBINANT)
-    metrics['num_labelled_recombinants'] = jnp.sum(labelled_recombinant_N, dtype=jnp.int32)
-    metrics['best_value_recombinants'] = jnp.max(jnp.where(labelled_recombinant_N, values_N, -jnp.inf))
+  sources_N = row_sources(cfg, values_N.shape[0])
+  for name, count, source in (
+    ('recombinants', cfg.recombinants_per_generation, SOURCE_RECOMBINANT),
+    ('duplications', cfg.duplications_per_generation, SOURCE_DUPLICATION),
+  ):
+    if count:  # Only then, so that earlier configs' rows keep their keys.
+      labelled_N = selection.where_N & (sources_N == source)
+      metrics[f'num_labelled_{name}'] = jnp.sum(labelled_N, dtype=jnp.int32)
+      metrics[f'best_value_{name}'] = jnp.max(jnp.where(labelled_N, values_N, -jnp.inf))
   if repairing:
     metrics['frac_infeasible_explained'] = infeasible_explained(state.history, certified)
     metrics['num_certified_transitions'] = jnp.sum(certified, dtype=jnp.int32)

@@ -249,6 +249,23 @@ def test_a_finished_run_extended_equals_one_run_with_more_rounds(uninterrupted, 
       ValueError,
       r'crossover_fraction > 0 needs mutant slots',
     ),
+    (
+      lambda c: (
+        c.outer.__setattr__('mutant_fraction', 0.5),
+        c.outer.__setattr__('crossover_fraction', 0.5),
+        c.outer.__setattr__('duplication_fraction', 0.75),
+      ),
+      ValueError,
+      r'crossover_fraction \+ duplication_fraction = 1\.25 asks for more than the \d+ mutant slots',
+    ),
+    (
+      lambda c: (
+        c.outer.__setattr__('mutant_fraction', 0.5),
+        c.outer.__setattr__('duplication_max_length', 1),
+      ),
+      ValueError,
+      r'duplication_max_length must be >= 2, got 1',
+    ),
   ],
 )
 def test_bad_config_fails_before_any_work(edit, error, match, tmp_path):
@@ -301,8 +318,9 @@ def test_a_config_recorded_before_later_keys_still_resumes(tmp_path):
   workdir.mkdir()
   held = json.loads(json.dumps(config.to_dict()))
   del held['oracle']
-  for key in ('mutant_fraction', 'mutant_kind', 'mutant_generations', 'seed_pool', 'crossover_fraction'):
-    del held['outer'][key]
+  for key in common.ADDED_KEYS:
+    if key.startswith('outer.'):
+      del held['outer'][key.removeprefix('outer.')]
   (workdir / 'config.json').write_text(json.dumps(held))
   common.prepare_workdir(workdir, config, overwrite=False, outputs=('metrics.jsonl',))
   assert json.loads((workdir / 'config.json').read_text()) == json.loads(json.dumps(config.to_dict()))

@@ -186,19 +186,21 @@ def test_seeds_fall_back_to_the_best_labelled_sequences(problem):
 
 def _one_round_cfg(problem, split_rows: bool = False):
   """One SFT round at a learning rate of 1e-30, rows that do not divide 8 (6 seeds x 5 decoding
-  settings = 30 trajectories, 21 labels, 6 of them mutant slots in 2 generations of 3: 2 repair
-  mutants and 1 recombinant each), the seeds spread farthest-first over the best 12 labelled sequences
-  (seed_pool=2)."""
+  settings = 30 trajectories, 21 labels, 8 of them mutant slots in 2 generations of 4: 2 repair
+  mutants, 1 recombinant and 1 duplication each), the seeds spread farthest-first over the best 12
+  labelled sequences (seed_pool=2)."""
   return dataclasses.replace(
     problem['cfg'],
     select=labelling.SelectConfig(num_labels=21),
     sft_optim=train.OptimConfig(learning_rate=1e-30),
     split_rows=split_rows,
-    num_mutants=6,
+    num_mutants=8,
     mutant_kind='repair',
     mutant_generations=2,
     seed_pool=2,
-    crossover_fraction=1 / 3,
+    crossover_fraction=1 / 4,
+    duplication_fraction=1 / 4,
+    duplication_max_length=4,
   )
 
 
@@ -245,35 +247,45 @@ def test_a_round_on_8_devices_equals_one_device(problem, one_device_round, split
   chex.assert_trees_all_close(state_8.params, state_1.params, atol=1e-25, rtol=0)
 
 
-def test_recombinants_in_a_round_are_counted_apart(problem, one_device_round):
-  """The last slot of each 3-slot mutant generation is a recombinant: each labelled one joins two
-  sequences labelled before it, the row's recombinant count and best value are those slots', and the
-  mutant slots before them are repair mutants of one parent."""
+def test_recombinants_and_duplications_in_a_round_are_counted_apart(problem, one_device_round):
+  """Of each 4-slot mutant generation the third slot is a recombinant and the fourth a duplication:
+  each labelled recombinant joins two sequences labelled before it, each labelled duplication is one
+  of them with a piece of itself copied elsewhere, the row's counts and best values are those slots',
+  and the mutant slots before them are repair mutants of one parent."""
   metrics, selection, values = jax.tree.map(lambda x: np.asarray(x)[0], one_device_round[1])
   cfg = _one_round_cfg(problem)
-  assert cfg.recombinants_per_generation == 1
-  sources = np.zeros(21, int)  # 15 policy rows, then 2 generations of 2 mutants and 1 recombinant.
-  sources[[15, 16, 18, 19]] = outer_loop.SOURCE_MUTANT
-  sources[[17, 20]] = outer_loop.SOURCE_RECOMBINANT
+  assert cfg.recombinants_per_generation == cfg.duplications_per_generation == 1
+  sources = np.zeros(21, int)  # 13 policy rows, then 2 generations of 2 mutants, 1 of each other.
+  sources[[13, 14, 17, 18]] = outer_loop.SOURCE_MUTANT
+  sources[[15, 19]] = outer_loop.SOURCE_RECOMBINANT
+  sources[[16, 20]] = outer_loop.SOURCE_DUPLICATION
   np.testing.assert_array_equal(np.asarray(outer_loop.row_sources(cfg, 21)), sources)
   quarter = dataclasses.replace(cfg, num_mutants=16, select=labelling.SelectConfig(num_labels=24))
-  quarter = dataclasses.replace(quarter, crossover_fraction=0.25)  # 2 generations of 8, 2 recombinants.
-  quarter_sources = np.asarray(outer_loop.row_sources(quarter, 24))
+  quarter = dataclasses.replace(quarter, crossover_fraction=0.25, duplication_fraction=0.0)
+  quarter_sources = np.asarray(outer_loop.row_sources(quarter, 24))  # 2 generations of 8.
   assert np.flatnonzero(quarter_sources == outer_loop.SOURCE_RECOMBINANT).tolist() == [14, 15, 22, 23]
   assert np.flatnonzero(quarter_sources == outer_loop.SOURCE_POLICY).tolist() == list(range(8))
-  no_crossover = dataclasses.replace(cfg, crossover_fraction=0.0)
-  assert set(np.asarray(outer_loop.row_sources(no_crossover, 21))[15:]) == {outer_loop.SOURCE_MUTANT}
+  assert not np.any(quarter_sources == outer_loop.SOURCE_DUPLICATION)
+  plain = dataclasses.replace(cfg, crossover_fraction=0.0, duplication_fraction=0.0)
+  assert set(np.asarray(outer_loop.row_sources(plain, 21))[13:]) == {outer_loop.SOURCE_MUTANT}
   labelled = selection.where_N
-  recombinant = sources == outer_loop.SOURCE_RECOMBINANT
   mutant = sources == outer_loop.SOURCE_MUTANT
-  assert metrics['num_labelled_recombinants'] == (labelled & recombinant).sum() > 0
   assert metrics['num_labelled_mutants'] == (labelled & (sources != outer_loop.SOURCE_POLICY)).sum()
-  assert metrics['best_value_recombinants'] == values[labelled & recombinant].max()
+  for name, source in (
+    ('recombinants', outer_loop.SOURCE_RECOMBINANT),
+    ('duplications', outer_loop.SOURCE_DUPLICATION),
+  ):
+    rows = labelled & (sources == source)
+    assert metrics[f'num_labelled_{name}'] == rows.sum() > 0, name
+    assert metrics[f'best_value_{name}'] == values[rows].max(), name
   known = np.concatenate(
-    [np.asarray(archive.contents(problem['state'].history)[0]), selection.seqs_NxL[15:18]]
+    [np.asarray(archive.contents(problem['state'].history)[0]), selection.seqs_NxL[13:17]]
   )
-  for child in selection.seqs_NxL[labelled & recombinant]:
+  for child in selection.seqs_NxL[labelled & (sources == outer_loop.SOURCE_RECOMBINANT)]:
     assert any(_segment_of(child, a, b) for a in known for b in known)
+  copies = set().union(*(_duplicates_of(parent, 4) for parent in known))
+  for child in selection.seqs_NxL[labelled & (sources == outer_loop.SOURCE_DUPLICATION)]:
+    assert tuple(child.tolist()) in copies
   for row in selection.seqs_NxL[labelled & mutant]:
     assert (row != known).sum(-1).min() <= 3
 
@@ -286,6 +298,7 @@ _repair_mutants = jax.jit(outer_loop.repair_mutants, static_argnums=3)
 _with_mutants = jax.jit(outer_loop._with_mutants, static_argnames=('num', 'num_states'))
 _diverse_seeds = jax.jit(outer_loop._diverse_seeds, static_argnums=(1, 2))
 _recombinants = jax.jit(outer_loop.recombinants, static_argnums=3)
+_duplications = jax.jit(outer_loop.duplications, static_argnums=(3, 4))
 
 
 def test_two_site_mutants_edit_two_positions_of_a_real_seed():
@@ -497,6 +510,61 @@ def test_recombinants_join_two_real_parents_at_certified_cuts():
     jax.random.key(8), jnp.asarray(parents), jnp.asarray(np.arange(8) == 2), 16, None
   )
   assert not np.asarray(real_near).any() and not np.asarray(real_alone).any()
+
+
+def _duplicates_of(parent, max_length):
+  """Every sequence that `parent` becomes when a segment of it, 2 to max_length long, is copied over
+  another place of it (from the parent as it was), except the parent itself."""
+  length = len(parent)
+  out = set()
+  for size in range(2, min(max_length, length - 1) + 1):
+    for source in range(length - size + 1):
+      for dest in range(length - size + 1):
+        child = parent.copy()
+        child[dest : dest + size] = parent[source : source + size]
+        out.add(tuple(child.tolist()))
+  out.discard(tuple(parent.tolist()))
+  return out
+
+
+def test_duplications_copy_a_segment_of_one_parent_at_certified_junctions():
+  """Each duplication is a real parent with a 2..max_length segment of itself copied over another
+  place, never the parent unchanged (checked against every such copy, enumerated); with the true
+  allowed transitions certified every child is feasible, which children placed anywhere are not; a
+  parent no copy can change gives no child; a max_length over L - 1 is clipped."""
+  rng = np.random.default_rng(11)
+  allowed = np.zeros((_STATES, _STATES), bool)
+  while allowed.sum() < 0.6 * _STATES**2 or not allowed.any(axis=1).all() or allowed.all():
+    allowed = rng.random((_STATES, _STATES)) < 0.65
+  parents = _transition_walks(allowed, 8, _LENGTH, rng)
+  where = np.array([True, False, True, True, False, True, True, True])
+  reachable = [_duplicates_of(parent, 4) for parent in parents[where]]
+  children, real = _duplications(
+    jax.random.key(3), jnp.asarray(parents), jnp.asarray(where), 400, 4, jnp.asarray(allowed)
+  )
+  children, real = np.asarray(children), np.asarray(real)
+  assert real.mean() > 0.9
+  for child in children[real]:
+    assert any(tuple(child.tolist()) in options for options in reachable)
+  assert np.all(allowed[children[real][:, :-1], children[real][:, 1:]])
+  assert len({tuple(r) for r in children[real].tolist()}) > 100
+  anywhere, real_anywhere = _duplications(
+    jax.random.key(3), jnp.asarray(parents), jnp.asarray(where), 400, 4, None
+  )
+  anywhere = np.asarray(anywhere)[np.asarray(real_anywhere)]
+  assert all(any(tuple(c.tolist()) in options for options in reachable) for c in anywhere)
+  assert not np.all(allowed[anywhere[:, :-1], anywhere[:, 1:]])
+  # Copies of the whole length but one: a max_length of 50 on L = 10 draws segments of up to 9.
+  long, real_long = _duplications(jax.random.key(4), jnp.asarray(parents), jnp.asarray(where), 200, 50, None)
+  long_reachable = [_duplicates_of(parent, _LENGTH - 1) for parent in parents[where]]
+  long = np.asarray(long)[np.asarray(real_long)]
+  assert len(long) > 150
+  assert all(any(tuple(c.tolist()) in options for options in long_reachable) for c in long)
+  assert any(all(tuple(c.tolist()) not in options for options in reachable) for c in long)
+  # A constant parent: every copy leaves it as it is, so no child.
+  flat = np.zeros((2, _LENGTH), parents.dtype)
+  _, real_flat = _duplications(jax.random.key(5), jnp.asarray(flat), jnp.ones(2, bool), 16, 4, None)
+  assert not np.asarray(real_flat).any()
 
 
 def _farthest_first_reference(seqs, ranked, num):

@@ -64,6 +64,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Of each mutant generation's rows, this share are two-point recombinants of two of its parents
   # (0: none; LoopConfig.crossover_fraction).
   config.outer.crossover_fraction = 0.0
+  # Of each mutant generation's rows, this share (after the recombinants) are segment duplications: a
+  # piece of one parent, 2 to duplication_max_length long, copied over another place of it (0: none;
+  # LoopConfig.duplication_fraction).
+  config.outer.duplication_fraction = 0.0
+  config.outer.duplication_max_length = 10
 
   config.pairs = ml_collections.ConfigDict()
   config.pairs.capacity = 4096  # Most pairs (or DPO triples) trained on per round.
