@@ -45,6 +45,13 @@ _PROPOSAL_SEEDS = flags.DEFINE_integer(
 )
 _ROUNDS = flags.DEFINE_list('rounds', None, 'Rounds to diagnose (default: every round of the run).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Randomness of the proposals.')
+_OPENINGS = flags.DEFINE_integer(
+  'openings',
+  0,
+  "If > 0: of each analysed plateau sequence's neutral segment copies (outer.duplication_max_length "
+  'long at most) and neutral 2-site substitutions, how many (of up to this many checked) are one '
+  'substitution from leaving the plateau. Seconds per sequence.',
+)
 # Not --output: experiments.compare defines that flag, and absl flags are global to a process.
 _OUTPUT = flags.DEFINE_string(
   'diagnosis_path', None, 'Path of the outputs without suffix (default WORKDIR/diagnosis: .jsonl and .md).'
@@ -209,6 +216,7 @@ def diagnose(
   chance_temperatures: list[float] | None = None,
   seed: int = 0,
   output: str | pathlib.Path | None = None,
+  openings: int = 0,
 ) -> list[dict]:
   """The diagnosis of every round (or of `rounds`) of an LLOME workdir; writes diagnosis.jsonl/.md."""
   workdir = pathlib.Path(workdir)
@@ -247,6 +255,8 @@ def diagnose(
     row['arrangements'] = [[[list(m) for m in key], count] for key, count in arrangements.most_common(3)]
     land, centres = landscape_row(setup.problem.ehrlich_params, centres_all[picks.astype(int)])
     row |= land
+    if openings:
+      row['openings'] = openings_row(setup, centres, openings, np.random.default_rng(seed + r))
     if r in steps:
       state, _ = checkpoint.restore(checkpoints, target, step=r)
       threshold = metrics.get(r, {}).get('likelihood_threshold')
@@ -269,6 +279,21 @@ def diagnose(
   output.with_suffix('.md').write_text(table)
   print(table)
   return rows
+
+
+def openings_row(setup, centres: list[Centre], max_checked: int, rng) -> dict:
+  """For each centre, its neutral neighbours under one segment copy and under one 2-site
+  substitution, and how many of those checked have an improving single substitution: whether a
+  duplication step (`outer_loop.duplications`) or a substitution step leads off the plateau."""
+  params = setup.problem.ehrlich_params
+  out = {'copies': [], 'doubles': []}
+  for centre in centres:
+    copies_NxL = landscape.segment_copies(centre.x_L, setup.loop_cfg.duplication_max_length)
+    doubles_NxL, _ = landscape.substitutions(centre.x_L, params.num_states, 2)
+    for name, neighbours_NxL in (('copies', copies_NxL), ('doubles', doubles_NxL)):
+      found = landscape.openings(params, centre.x_L, neighbours_NxL, max_checked, rng)
+      out[name].append({k: v for k, v in dataclasses.asdict(found).items() if k != 'value'})
+  return out
 
 
 def _per_sequence(counts: list[int]) -> str:
@@ -311,6 +336,20 @@ def markdown(rows: list[dict]) -> str:
       f'{_per_sequence(row["improving_singles"])} | {_per_sequence(row["improving_doubles"])} | {sites} | '
       f'{proposals} | {ranks} | {kept} | {odds} | {_arrangement(row)} |'
     )
+  opened = [row for row in rows if row.get('openings')]
+  if opened:
+    lines += [
+      '',
+      '| round | segment copies: neutral, opening of checked (per seq) | 2-site substitutions: neutral, '
+      'opening of checked (per seq) |',
+      '|---|---|---|',
+    ]
+    for row in opened:
+      cells = [
+        '; '.join(f'{o["num_neutral"]}, {o["num_opening"]} of {o["num_checked"]}' for o in row['openings'][k])
+        for k in ('copies', 'doubles')
+      ]
+      lines.append(f'| {row["round"]} | {cells[0]} | {cells[1]} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -325,6 +364,7 @@ def main(argv):
     chance_temperatures=[float(t) for t in _CHANCE_TEMPERATURES.value or []] or None,
     output=_OUTPUT.value,
     seed=_SEED.value,
+    openings=_OPENINGS.value,
   )
 
 

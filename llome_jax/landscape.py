@@ -92,6 +92,72 @@ def neighbourhood(params: ehrlich.EhrlichParams, x_L: np.ndarray, num_sites: int
   )
 
 
+def segment_copies(x_L: np.ndarray, max_length: int) -> np.ndarray:
+  """Every distinct sequence `x_L` becomes when a segment of it, 2 to `max_length` long (at most L - 1),
+  is copied over another place of it (from `x_L` as it was), `x_L` itself left out: the reach of one
+  `outer_loop.duplications` step, in a fixed order."""
+  x_L = np.asarray(x_L)
+  length = x_L.shape[0]
+  rows = []
+  for size in range(2, min(max_length, length - 1) + 1):
+    starts = np.arange(length - size + 1)
+    source_S, dest_S = np.repeat(starts, len(starts)), np.tile(starts, len(starts))
+    copies_SxL = np.tile(x_L, (len(source_S), 1))
+    offsets_T = np.arange(size)
+    rows_S = np.arange(len(source_S))[:, None]
+    copies_SxL[rows_S, dest_S[:, None] + offsets_T] = x_L[source_S[:, None] + offsets_T]
+    rows.append(copies_SxL)
+  copies_NxL = np.unique(np.concatenate(rows), axis=0)
+  return copies_NxL[np.any(copies_NxL != x_L, axis=1)]
+
+
+def opening(params: ehrlich.EhrlichParams, seqs_NxL: np.ndarray, value: float) -> np.ndarray:
+  """Whether each sequence has a feasible single substitution whose f exceeds `value`: run on the
+  neutral neighbours of a plateau sequence (f = `value`), which of them are one substitution from
+  leaving the plateau."""
+  out = np.zeros(len(seqs_NxL), bool)
+  for i, y_L in enumerate(np.asarray(seqs_NxL)):
+    edits_NxL, _ = substitutions(y_L, params.num_states, 1)
+    out[i] = np.any(np.asarray(ehrlich.evaluate(params, edits_NxL)) > value)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Openings:
+  """How the neutral neighbours of one plateau sequence, under one kind of step, open the plateau."""
+
+  value: float  # f of the centre.
+  num_steps: int  # Distinct neighbours the step reaches.
+  num_feasible: int
+  num_improving: int  # Better than the centre at once.
+  num_neutral: int  # As good as the centre ...
+  num_checked: int  # ... of which this many (all, or a sample) were checked for ...
+  num_opening: int  # ... an improving single substitution.
+
+
+def openings(
+  params: ehrlich.EhrlichParams, x_L: np.ndarray, neighbours_NxL: np.ndarray, max_checked: int, rng
+) -> Openings:
+  """Evaluates `neighbours_NxL` of plateau sequence `x_L` and checks up to `max_checked` of the neutral
+  ones (a uniform sample when there are more) for an improving single substitution (`opening`)."""
+  value = float(ehrlich.evaluate(params, np.asarray(x_L)[None])[0])
+  values_N = np.asarray(ehrlich.evaluate(params, neighbours_NxL))
+  neutral_NxL = neighbours_NxL[values_N == value]
+  if len(neutral_NxL) > max_checked:
+    neutral_NxL_checked = neutral_NxL[rng.choice(len(neutral_NxL), max_checked, replace=False)]
+  else:
+    neutral_NxL_checked = neutral_NxL
+  return Openings(
+    value=value,
+    num_steps=len(values_N),
+    num_feasible=int(np.sum(np.isfinite(values_N))),
+    num_improving=int(np.sum(values_N > value)),
+    num_neutral=len(neutral_NxL),
+    num_checked=len(neutral_NxL_checked),
+    num_opening=int(np.sum(opening(params, neutral_NxL_checked, value))),
+  )
+
+
 def edit_mean_logps(
   graphdef: nnx.GraphDef,
   params: model_lib.Params,

@@ -126,3 +126,41 @@ def test_proposal_logp_is_the_samplers_tempered_logp(temperature, top_k):
     np.asarray(got), np.asarray(jnp.sum(out.logps_BxG * out.mask_BxG, axis=1)), atol=1e-4
   )
   assert np.all(np.asarray(got) < 0)
+
+
+def test_segment_copies_are_every_copy_of_a_piece_of_the_sequence():
+  x = np.array([0, 3, 1, 1, 2, 0, 4], np.int32)
+  expected = set()
+  for size in range(2, 5):
+    for source in range(7 - size + 1):
+      for dest in range(7 - size + 1):
+        y = x.copy()
+        y[dest : dest + size] = x[source : source + size]
+        expected.add(tuple(y.tolist()))
+  expected.discard(tuple(x.tolist()))
+  copies = landscape.segment_copies(x, 4)
+  assert len(copies) == len(expected) and {tuple(c) for c in copies.tolist()} == expected
+  # max_length past L - 1 is clipped: a whole-sequence copy would only be the sequence itself.
+  assert len(landscape.segment_copies(x, 50)) == len(landscape.segment_copies(x, 6))
+
+
+def test_openings_equal_brute_force():
+  """The neutral neighbours and which of them have an improving single substitution, against
+  evaluating each one and enumerating its substitutions by hand."""
+  key = jax.random.key(6)  # f = 2/3 there: 42 neutral copies, 36 of them opening.
+  params = ehrlich.sample_params(key, num_states=6, dim=10, num_motifs=2, motif_length=3)
+  x = np.asarray(ehrlich.initial_solution(jax.random.fold_in(key, 1), params, 10)[0])
+  value = float(ehrlich.evaluate(params, x[None])[0])
+  copies = landscape.segment_copies(x, 5)
+  found = landscape.openings(params, x, copies, len(copies), np.random.default_rng(0))
+  values = np.asarray([float(ehrlich.evaluate(params, c[None])[0]) for c in copies])
+  neutral = copies[values == value]
+  expected_opening = sum(bool(_brute_force_improving(params, y, 1)) for y in neutral)
+  assert found.value == value and found.num_steps == len(copies)
+  assert found.num_feasible == int(np.isfinite(values).sum()) and found.num_improving == int(
+    (values > value).sum()
+  )
+  assert found.num_neutral == found.num_checked == len(neutral) > 0
+  assert 0 < found.num_opening == expected_opening < found.num_neutral
+  sampled = landscape.openings(params, x, copies, 3, np.random.default_rng(0))
+  assert sampled.num_neutral == len(neutral) and sampled.num_checked == 3 and sampled.num_opening <= 3

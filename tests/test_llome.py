@@ -308,6 +308,20 @@ def test_diagnose_reports_every_round(uninterrupted):
     assert 0 <= policy['improving_kept'] <= policy['improving_edits']
   assert (workdir / 'diagnosis.md').read_text().count('\n') == 2 + len(rows)
   assert metrics_io.read_jsonl(workdir / 'diagnosis.jsonl') == json.loads(json.dumps(rows))
+  # --openings: each analysed sequence's neutral segment copies and 2-site substitutions, a sample of
+  # up to 5 of each checked for a way off the plateau, in a second table.
+  opened = diagnose.diagnose(
+    workdir, rounds=[3], max_sequences=2, proposal_seeds=2, openings=5, output=workdir / 'o'
+  )
+  for kind, total in (('copies', None), ('doubles', 66 * 49)):
+    assert len(opened[0]['openings'][kind]) == opened[0]['analysed']
+    for found in opened[0]['openings'][kind]:
+      assert total is None or found['num_steps'] == total
+      assert found['num_improving'] + found['num_neutral'] <= found['num_feasible'] <= found['num_steps']
+      assert (
+        found['num_checked'] == min(5, found['num_neutral']) and found['num_opening'] <= found['num_checked']
+      )
+  assert 'segment copies: neutral, opening of checked' in (workdir / 'o.md').read_text()
 
 
 def test_a_config_recorded_before_later_keys_still_resumes(tmp_path):
