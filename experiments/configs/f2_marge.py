@@ -17,10 +17,15 @@ points at:
   seventh session);
 - the round's seeds are spread farthest-first (Hamming) over the labelled sequences tied at the best
   value (`outer.seed_pool=4`; outer_loop.LoopConfig.seed_pool), so a plateau's minority arrangements
-  are edited too, not only its dominant one.
-`--config.outer.mutant_generations=8` gives the config of the sixth session's rows, and
-`--config.outer.mutant_generations=1 --config.outer.seed_pool=1` the repair-mutant config of the
-earlier ablation rows; f2_marge_paper.py is this config without any of them: the paper's LLOME,
+  are edited too, not only its dominant one;
+- a fifth of each mutant generation's slots are segment duplications (`outer.duplication_fraction=0.2`;
+  outer_loop.duplications, since the eighth session): a piece of a parent copied over another place of
+  it, which moves the three elements of a motif that another overlaps in one step
+  (`experiments.diagnose --openings` measures it).
+`--config.outer.duplication_fraction=0` gives the seventh session's config,
+`--config.outer.duplication_fraction=0 --config.outer.mutant_generations=8` the sixth session's, and
+with `--config.outer.duplication_fraction=0` as well, `--config.outer.mutant_generations=1
+--config.outer.seed_pool=1` gives the repair-mutant config of the earlier ablation rows; f2_marge_paper.py is this config without any of them: the paper's LLOME,
 every label the policy's and the seeds the best pairs' better members.
 
 f2_sft.py and f2_dpo.py change only the schedule (and DPO's learning rate and beta); f2_sft_paper.py
@@ -55,6 +60,7 @@ def f2_config(schedule: str, *, paper: bool = False):
     config.outer.mutant_kind = 'repair'
     config.outer.mutant_generations = 20
     config.outer.seed_pool = 4
+    config.outer.duplication_fraction = 0.2
   return config
 
 

@@ -6,7 +6,8 @@ seed 50494): the f2 round structure with a lighter inner loop, since each edit i
 The GA seed data keeps the paper's shape (1,000 particles x 10 generations); the mutation rate is
 holo's 1.1 / L default scaled to the longer sequence. Like f2_marge.py, half of each round's labels are
 repair mutants and the seeds are spread over the best-value ties, but the mutants are labelled in 8
-generations (as f2_marge.py's were when these runs were made; f2's 20 were not tried at L=128);
+generations and without segment duplications (as f2_marge.py's were when these runs were made; f2's
+20 generations and duplications were not tried at L=128);
 l128_marge_paper.py is the same run without them (the paper's LLOME).
 """
 
@@ -24,6 +25,7 @@ def l128_config(*, paper: bool = False):
   config.inner.chunk_rows = 512
   if not paper:
     config.outer.mutant_generations = 8
+    config.outer.duplication_fraction = 0.0
   return config
 
 
