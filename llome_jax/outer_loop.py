@@ -136,14 +136,14 @@ class LoopConfig:
       raise ValueError('duplication_fraction > 0 needs mutant slots (num_mutants > 0) to fill.')
     if self.duplication_max_length < 2:
       raise ValueError(f'duplication_max_length must be >= 2, got {self.duplication_max_length}.')
-    per_generation = self.num_mutants // self.mutant_generations
     if (
       self.num_mutants
-      and self.recombinants_per_generation + self.duplications_per_generation > per_generation
+      and self.recombinants_per_generation + self.duplications_per_generation
+      > self.slots_per_generation
     ):
       raise ValueError(
         f'crossover_fraction + duplication_fraction = {self.crossover_fraction + self.duplication_fraction} '
-        f'asks for more than the {per_generation} mutant slots of a generation.'
+        f'asks for more than the {self.slots_per_generation} mutant slots of a generation.'
       )
     if not 0 <= self.num_mutants < self.select.num_labels:
       raise ValueError(
@@ -152,14 +152,19 @@ class LoopConfig:
       )
 
   @property
+  def slots_per_generation(self) -> int:
+    """How many labelled rows each mutant generation fills: num_mutants / mutant_generations."""
+    return self.num_mutants // self.mutant_generations
+
+  @property
   def recombinants_per_generation(self) -> int:
     """Of each mutant generation's rows, how many are recombinants (the last ones of it)."""
-    return round(self.crossover_fraction * (self.num_mutants // self.mutant_generations))
+    return round(self.crossover_fraction * self.slots_per_generation)
 
   @property
   def duplications_per_generation(self) -> int:
     """Of each mutant generation's rows, how many are segment duplications (the last ones of it)."""
-    return round(self.duplication_fraction * (self.num_mutants // self.mutant_generations))
+    return round(self.duplication_fraction * self.slots_per_generation)
 
   def training_of_round(self, round_index: int) -> tuple[str, int]:
     """(objective, epochs) of a round: round 1 is SFT for first_round_epochs; later rounds follow the
@@ -685,7 +690,7 @@ def row_sources(cfg: LoopConfig, num_rows: int) -> Int[Array, ' N']:
   last `duplications_per_generation` are `SOURCE_DUPLICATION`, the `recombinants_per_generation` before
   them `SOURCE_RECOMBINANT` and the rest `SOURCE_MUTANT`.
   The one statement of a round's row layout: the round's metrics and the saved labels both read it."""
-  per_generation = cfg.num_mutants // cfg.mutant_generations
+  per_generation = cfg.slots_per_generation
   offset_N = jnp.arange(num_rows) - (num_rows - cfg.num_mutants)  # Into the mutant rows.
   slot_N = offset_N % max(per_generation, 1)  # Within its generation: mutants, recombinants, duplications.
   duplication_N = (offset_N >= 0) & (slot_N >= per_generation - cfg.duplications_per_generation)
@@ -722,7 +727,7 @@ def _later_mutant_generations(
   mutants certify transitions from every label so far, this round's included. Returns the selection,
   its policy mask and its values, each extended by G - 1 generations of `num_mutants / G` rows.
   """
-  per_generation = cfg.num_mutants // cfg.mutant_generations
+  per_generation = cfg.slots_per_generation
   seq_dtype = selection.seqs_NxL.dtype
 
   def generation_step(carry, generation):
@@ -849,7 +854,7 @@ def round_step(
       seeds_SxL,
       seed_where_S,
       state.history,
-      num=cfg.num_mutants // cfg.mutant_generations,
+      num=cfg.slots_per_generation,
       num_states=codec.num_states,
       certified=certified,
       num_recombinants=cfg.recombinants_per_generation,
