@@ -5,7 +5,7 @@ GPT-NeoX trained from scratch (the paper fine-tunes Pythia-2.8B), so it gets its
 many SFT epochs in round 1 to learn to copy. Decoding is narrower than the reference's (greedy + 4
 samples at each of 4 temperatures, 0.6-1.2, instead of 10 at each of 6, 0.6-1.6): a model this small
 makes near-random edits above temperature 1.2, and 34,000 generations a round still leave 17x more
-candidates than labels, at 3.6x less decoding (a run took 826 s alone on 2 CPU cores, README.md).
+candidates than labels, at 3.6x less decoding (a run took 728 s alone on 2 CPU cores, README.md).
 
   python -m experiments.llome --config=experiments/configs/f2_marge.py --workdir=runs/f2_marge
 
