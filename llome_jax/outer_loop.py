@@ -138,8 +138,7 @@ class LoopConfig:
       raise ValueError(f'duplication_max_length must be >= 2, got {self.duplication_max_length}.')
     if (
       self.num_mutants
-      and self.recombinants_per_generation + self.duplications_per_generation
-      > self.slots_per_generation
+      and self.recombinants_per_generation + self.duplications_per_generation > self.slots_per_generation
     ):
       raise ValueError(
         f'crossover_fraction + duplication_fraction = {self.crossover_fraction + self.duplication_fraction} '
