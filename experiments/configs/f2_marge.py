@@ -22,10 +22,10 @@ points at:
   outer_loop.duplications, since the eighth session): a piece of a parent copied over another place of
   it, which moves the three elements of a motif that another overlaps in one step
   (`experiments.diagnose --openings` measures it).
-`--config.outer.duplication_fraction=0` gives the seventh session's config,
-`--config.outer.duplication_fraction=0 --config.outer.mutant_generations=8` the sixth session's, and
-with `--config.outer.duplication_fraction=0` as well, `--config.outer.mutant_generations=1
---config.outer.seed_pool=1` gives the repair-mutant config of the earlier ablation rows; f2_marge_paper.py is this config without any of them: the paper's LLOME,
+`--config.outer.duplication_fraction=0` gives the seventh session's config. Add
+`--config.outer.mutant_generations=8` to it for the sixth session's, or
+`--config.outer.mutant_generations=1 --config.outer.seed_pool=1` for the repair-mutant config of the
+earlier ablation rows. f2_marge_paper.py is this config without any of them: the paper's LLOME,
 every label the policy's and the seeds the best pairs' better members.
 
 f2_sft.py and f2_dpo.py change only the schedule (and DPO's learning rate and beta); f2_sft_paper.py
